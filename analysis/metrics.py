@@ -1,0 +1,180 @@
+"""Per-seed performance metrics and their aggregation over seeds.
+
+Per-seed metrics take the ``episodes`` frame of `analysis.load.Dataset` and return one value (or
+one curve) per seed, a seed being identified by the ``by`` columns (default: run key and seed).
+Aggregates take the per-seed values of one cell and reduce them over the seed axis, in the style
+of rliable's ``metrics.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+import scipy.stats
+
+# Columns identifying one seed's learning curve across the dataset.
+SEED_KEY: tuple[str, ...] = ("run_key", "seed")
+
+FINAL_FRACTION = 0.1  # share of a run's env steps that `final_return` averages over
+BOOTSTRAP_RESAMPLES = 10_000
+BOOTSTRAP_METHOD = "percentile"
+BOOTSTRAP_BATCH_VALUES = 2_000_000  # resampled values held in memory at once by `curve_band`
+
+Statistic = Callable[..., float | np.ndarray]
+
+
+class ConfidenceInterval(NamedTuple):
+    """Lower and upper bound of a confidence interval."""
+
+    low: float
+    high: float
+
+
+def returns_on_grid(
+    episodes: pd.DataFrame, grid: Sequence[float] | np.ndarray, by: Sequence[str] = SEED_KEY
+) -> pd.DataFrame:
+    """Per seed, the return curve on a common grid of env steps.
+
+    Rule: with grid points ``g_0 < g_1 < ... < g_K``, the value at ``g_k`` is the mean
+    ``episode_return`` of the seed's episodes whose ``env_step`` (the step at which they ended)
+    lies in ``(g_{k-1}, g_k]`` (``(-inf, g_0]`` for ``k = 0``). A grid point whose bin holds no
+    episode carries the last earlier value forward; grid points before the seed's first finished
+    episode are NaN. Episodes ending after the last grid point are not used. A seed that stops
+    finishing episodes (e.g. it diverged) keeps its last value to the end of the grid.
+
+    Returns a frame with one row per seed (index: the ``by`` columns; a seed with no episode up to
+    the last grid point is an all-NaN row) and one column per grid point (axis 1: env steps).
+    """
+    grid_points = np.asarray(grid, dtype=float)
+    if grid_points.ndim != 1 or grid_points.size == 0 or np.any(np.diff(grid_points) <= 0):
+        raise ValueError("grid must be a non-empty, strictly increasing sequence of env steps")
+    keys = list(by)
+    seeds = episodes[keys].drop_duplicates().set_index(keys).index
+    in_grid = episodes[episodes["env_step"] <= grid_points[-1]]
+    bin_index = np.searchsorted(grid_points, in_grid["env_step"].to_numpy(), side="left")
+    bin_means = (
+        in_grid.assign(grid_bin=bin_index)
+        .groupby([*keys, "grid_bin"], dropna=False)["episode_return"]
+        .mean()
+        .unstack("grid_bin")
+    )
+    curves = bin_means.reindex(index=seeds, columns=range(grid_points.size)).ffill(axis=1)
+    curves.columns = pd.Index(grid_points, name="env_step")
+    return curves
+
+
+def final_return(
+    episodes: pd.DataFrame,
+    total_steps: float,
+    fraction: float = FINAL_FRACTION,
+    by: Sequence[str] = SEED_KEY,
+) -> pd.Series:
+    """Per seed, the mean return of the episodes that ended in the last ``fraction`` of the run.
+
+    The window is ``env_step > (1 - fraction) * total_steps`` (episodes ending after
+    ``total_steps``, when a last batch overshoots, count too). A seed without an episode in the
+    window (e.g. it diverged earlier) gets NaN. Returns a Series indexed by the ``by`` columns
+    (axis: seeds).
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    keys = list(by)
+    seeds = episodes[keys].drop_duplicates().set_index(keys).index
+    in_window = episodes[episodes["env_step"] > (1 - fraction) * total_steps]
+    means = in_window.groupby(keys, dropna=False)["episode_return"].mean()
+    return means.reindex(seeds).rename("final_return")
+
+
+def area_under_curve(curves: pd.DataFrame) -> pd.Series:
+    """Per seed, the mean of its grid curve (from `returns_on_grid`) over the whole run.
+
+    Averages each row over the grid points (axis 1: env steps). With an evenly spaced grid that
+    is the area under the curve divided by the run length, in return units. Grid points before
+    the seed's first finished episode (NaN) are left out. Returns a Series indexed like
+    ``curves`` (axis: seeds).
+    """
+    return curves.mean(axis=1, skipna=True).rename("auc")
+
+
+def iqm(values: Sequence[float] | np.ndarray, axis: int | None = None) -> float | np.ndarray:
+    """Interquartile mean: the mean of the middle 50% of ``values`` (25% trimmed from each end).
+
+    Computed along ``axis`` (None: over all values; the seed axis in practice) with
+    ``scipy.stats.trim_mean(values, 0.25)``. Values must be finite; drop missing ones first.
+    """
+    return scipy.stats.trim_mean(np.asarray(values, dtype=float), 0.25, axis=axis)
+
+
+def bootstrap_ci(
+    values: Sequence[float] | np.ndarray,
+    statistic: Statistic = np.mean,
+    confidence: float = 0.95,
+    seed: int = 0,
+    n_resamples: int = BOOTSTRAP_RESAMPLES,
+    method: str = BOOTSTRAP_METHOD,
+) -> ConfidenceInterval:
+    """Bootstrap confidence interval of ``statistic`` over a 1-D sample (the seed axis).
+
+    Resamples the seeds with replacement (``scipy.stats.bootstrap``; ``method`` "percentile" or
+    "BCa"); ``statistic`` must accept an ``axis`` argument (``np.mean``, `iqm`). NaN values are
+    dropped first; with fewer than 2 values left both bounds are NaN. The ``seed`` makes the
+    interval reproducible.
+    """
+    sample = np.asarray(values, dtype=float)
+    sample = sample[~np.isnan(sample)]
+    if sample.size < 2:
+        return ConfidenceInterval(np.nan, np.nan)
+    result = scipy.stats.bootstrap(
+        (sample,),
+        statistic,
+        confidence_level=confidence,
+        n_resamples=n_resamples,
+        method=method,
+        rng=np.random.default_rng(seed),
+    )
+    interval = result.confidence_interval
+    return ConfidenceInterval(float(interval.low), float(interval.high))
+
+
+def curve_band(
+    curves: pd.DataFrame,
+    statistic: Statistic = np.mean,
+    confidence: float = 0.95,
+    seed: int = 0,
+    n_resamples: int = BOOTSTRAP_RESAMPLES,
+) -> pd.DataFrame:
+    """At each grid point, ``statistic`` over the seeds and its percentile bootstrap interval.
+
+    ``curves`` is one cell's output of `returns_on_grid` (rows: seeds, columns: grid points).
+    The statistic and band are taken over the seed axis, separately at each grid point, and only
+    where every seed has a value (NaN elsewhere, e.g. before some seed's first episode); the band
+    is NaN with fewer than 2 seeds. Returns a frame indexed by the grid (env steps) with columns
+    ``value``, ``low``, ``high`` and ``n_seeds``.
+    """
+    data = curves.to_numpy(dtype=float)
+    complete = ~np.isnan(data).any(axis=0)
+    value = np.full(data.shape[1], np.nan)
+    low = np.full(data.shape[1], np.nan)
+    high = np.full(data.shape[1], np.nan)
+    if data.shape[0] and complete.any():
+        value[complete] = statistic(data[:, complete], axis=0)
+    if data.shape[0] >= 2 and complete.any():
+        result = scipy.stats.bootstrap(
+            (data[:, complete],),
+            statistic,
+            axis=0,
+            confidence_level=confidence,
+            n_resamples=n_resamples,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+            batch=max(1, BOOTSTRAP_BATCH_VALUES // data.size),
+        )
+        low[complete] = result.confidence_interval.low
+        high[complete] = result.confidence_interval.high
+    return pd.DataFrame(
+        {"value": value, "low": low, "high": high, "n_seeds": data.shape[0]},
+        index=curves.columns,
+    )

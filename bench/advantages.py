@@ -1,0 +1,56 @@
+"""Returns and advantages along trajectories, and masked per-seed statistics.
+
+Inputs are time-major per sub-env, ``[S, E, T]``: trajectories are contiguous in t and
+``last`` marks each one's final step, so nothing flows across a trajectory boundary.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def reward_to_go(rewards: torch.Tensor, last: torch.Tensor, gamma: float) -> torch.Tensor:
+    """G_t = sum_{k >= t} gamma^(k-t) r_k within each trajectory: ``[S, E, T]``."""
+    returns = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[..., 0])
+    continues = (~last).to(rewards.dtype)
+    for t in reversed(range(rewards.shape[-1])):
+        running = rewards[..., t] + gamma * continues[..., t] * running
+        returns[..., t] = running
+    return returns
+
+
+def first_steps(valid: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    """Bool ``[S, E, T]``: the first valid step of each trajectory."""
+    previous_last = torch.ones_like(last)
+    previous_last[..., 1:] = last[..., :-1]
+    return valid & previous_last
+
+
+def broadcast_from_first_step(
+    values: torch.Tensor, first: torch.Tensor, trajectory: torch.Tensor, valid: torch.Tensor
+) -> torch.Tensor:
+    """Each step gets its trajectory's first-step value; all tensors ``[S, M]`` (0 if invalid)."""
+    per_trajectory = torch.zeros_like(values).scatter_add_(
+        1, trajectory, torch.where(first, values, torch.zeros_like(values))
+    )
+    return torch.gather(per_trajectory, 1, trajectory) * valid
+
+
+def masked_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean over valid entries of each seed's row: ``[S, M] -> [S]`` (0 for an empty row)."""
+    weights = valid.to(values.dtype)
+    return (values * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
+
+
+def masked_std(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Unbiased standard deviation over valid entries of each row: ``[S, M] -> [S]``."""
+    weights = valid.to(values.dtype)
+    centred = (values - masked_mean(values, valid)[:, None]) * weights
+    return (centred.pow(2).sum(dim=1) / (weights.sum(dim=1) - 1).clamp(min=1)).sqrt()
+
+
+def normalize(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Standardise each seed's valid entries to mean 0, std 1; invalid entries become 0."""
+    mean, std = masked_mean(values, valid), masked_std(values, valid)
+    return (values - mean[:, None]) / (std[:, None] + 1e-8) * valid

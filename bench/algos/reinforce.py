@@ -1,0 +1,187 @@
+"""REINFORCE (Williams, 1992) for S seeds at once.
+
+    for each update, per seed:
+        1. rollout:     run the policy until `episodes_per_update` whole episodes are done
+        2. advantages:  A_t = R_t - b_t, with R_t the total return R(tau) or the reward-to-go
+                        G_t, and b_t none, the batch mean of R_t, or a learned V(s_t)
+        3. loss:        l_t = -log pi(a_t|s_t) A_t - c_H H[pi(.|s_t)] + c_V (V(s_t) - R_t)^2 / 2
+        4. update:      one gradient step on sum_t w_t l_t, w from the configured reduction
+
+Seeds are a batch axis: every tensor is ``[S, ...]`` and they update in lockstep, a seed
+that has its episodes waiting for the others.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from bench import reductions
+from bench.advantages import (
+    broadcast_from_first_step,
+    first_steps,
+    masked_mean,
+    normalize,
+    reward_to_go,
+)
+from bench.config import Job, make_reduction
+from bench.envs import SeedEnvs, describe_env
+from bench.networks import Policy, ValueFunction
+from bench.optim import SeedOptimizer
+from bench.progress import ProgressLine
+from bench.rollout import Batch, EpisodeCollector
+from bench.seeding import SeedNoise
+from bench.store import RunRecorder
+
+
+def returns_and_advantages(
+    batch: Batch, critic: ValueFunction | None, algo: dict
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-step return targets R_t and advantages A_t, ``[S, M]``."""
+    num_seeds, num_envs, steps = batch.valid.shape[0], batch.num_envs, batch.steps_per_env
+    time_major = (num_seeds, num_envs, steps)
+    valid = batch.valid
+    rewards_to_go = reward_to_go(
+        batch.rewards.view(time_major), batch.last.view(time_major), algo["gamma"]
+    ).reshape_as(batch.rewards)
+    if algo["returns"] == "total":
+        # G_0 of each episode is R(tau) = sum_t gamma^t r_t; every step of it gets that value.
+        first = first_steps(valid.view(time_major), batch.last.view(time_major))
+        returns = broadcast_from_first_step(
+            rewards_to_go, first.reshape_as(valid), batch.trajectory, valid
+        )
+    else:
+        returns = rewards_to_go * valid
+
+    if algo["baseline"] == "none":
+        baseline = torch.zeros_like(returns)
+    elif algo["baseline"] == "batch_mean":
+        baseline = masked_mean(returns, valid)[:, None].expand_as(returns)
+    else:
+        with torch.no_grad():
+            baseline = critic(batch.obs)
+    advantages = (returns - baseline) * valid
+    if algo["normalize_advantages"]:
+        advantages = normalize(advantages, valid)
+    return returns, advantages
+
+
+def train(job: Job, recorder: RunRecorder, progress: ProgressLine) -> list[int]:
+    """Train every seed of `job` for `total_steps` env steps; returns the diverged seeds."""
+    config, algo, device = job.config, job.config["algo"], job.device
+    num_seeds, total_steps = len(job.seeds), config["total_steps"]
+    env_cfg = config["env"]
+    spec = describe_env(env_cfg["id"], env_cfg["max_episode_steps"], env_cfg["kwargs"])
+    envs = SeedEnvs(spec, job.seeds, algo["num_envs"], env_cfg["kwargs"])
+    network = algo["network"]
+    policy = Policy(
+        job.seeds, spec.obs_dim, spec.action_dim, spec.discrete, network["hidden_sizes"],
+        network["activation"], network["init_log_std"],
+    ).to(device)
+    critic = None
+    parameters = list(policy.parameters())
+    if algo["baseline"] == "value":
+        critic = ValueFunction(
+            job.seeds, spec.obs_dim, network["hidden_sizes"], network["activation"]
+        ).to(device)
+        parameters += list(critic.parameters())
+    optimizer = SeedOptimizer(parameters, config["optim"], num_seeds, algo["max_grad_norm"])
+    reduction = make_reduction(config)
+    collector = EpisodeCollector(
+        envs, policy, SeedNoise(job.seeds, device), algo["episodes_per_update"], device
+    )
+    episodes_done = np.zeros(num_seeds, dtype=np.int64)
+    updates_done = np.zeros(num_seeds, dtype=np.int64)
+    diverged = np.zeros(num_seeds, dtype=bool)
+    start = time.perf_counter()
+
+    while True:
+        acting = ~diverged & (collector.env_steps < total_steps)
+        if not acting.any():
+            break
+
+        # 1. Rollout: whole episodes per acting seed, all with the current policy.
+        batch, finished = collector.collect(acting)
+        wall_time = time.perf_counter() - start
+        episode_index = _running_index(finished.seed_index, episodes_done)
+        recorder.add_episodes(finished.seed_index, {
+            "episode": episode_index,
+            "env_step": finished.env_step,
+            "episode_return": finished.episode_return,
+            "episode_length": finished.episode_length,
+            "terminated": finished.terminated,
+            "wall_time": np.full(len(episode_index), wall_time),
+        })
+        progress.add_returns(finished.episode_return)
+
+        # 2. Returns and advantages.
+        returns, advantages = returns_and_advantages(batch, critic, algo)
+
+        # 3. Per-step losses, computable for any slice of step slots (per_step loops over them).
+        def step_losses(slots: slice) -> dict[str, torch.Tensor]:
+            dist = policy.distribution(batch.obs[:, slots])
+            policy_loss = -dist.log_prob(batch.actions[:, slots]) * advantages[:, slots]
+            entropy = dist.entropy()
+            terms = {"policy_loss": policy_loss, "entropy": entropy}
+            loss = policy_loss - algo["entropy_coef"] * entropy
+            if critic is not None:
+                value_loss = 0.5 * (critic(batch.obs[:, slots]) - returns[:, slots]).pow(2)
+                terms["value_loss"] = value_loss
+                loss = loss + algo["value_coef"] * value_loss
+            terms["loss"] = loss
+            return terms
+
+        # 4. Update: the reduction is the one call that turns per-step losses into gradients.
+        optimizer.zero_grad()
+        weights = reductions.step_weights(reduction, batch.valid, batch.trajectory)
+        loss, terms = reductions.backward(reduction, step_losses, weights)
+        grad_norm, newly_diverged = optimizer.step(loss)
+
+        # 5. Record: one row per acting seed.
+        with torch.no_grad():
+            new_log_probs = policy.distribution(batch.obs).log_prob(batch.actions)
+            log_ratio = new_log_probs - batch.log_probs
+            approx_kl = masked_mean(log_ratio.exp() - 1 - log_ratio, batch.valid)
+        newly_diverged = newly_diverged.numpy() & acting
+        diverged |= newly_diverged
+        seed_index = np.flatnonzero(acting)
+        valid = batch.valid
+
+        def per_seed(values: torch.Tensor) -> np.ndarray:
+            return values.detach().cpu().numpy().astype(np.float64)[seed_index]
+
+        recorder.add_updates(seed_index, {
+            "update": updates_done[seed_index],
+            "env_step": collector.env_steps[seed_index],
+            "loss": per_seed(loss),
+            "policy_loss": per_seed(masked_mean(terms["policy_loss"], valid)),
+            "value_loss": (per_seed(masked_mean(terms["value_loss"], valid))
+                           if critic is not None else np.full(len(seed_index), np.nan)),
+            "entropy": per_seed(masked_mean(terms["entropy"], valid)),
+            "approx_kl": per_seed(approx_kl),
+            "grad_norm": per_seed(grad_norm),
+            "learning_rate": np.full(len(seed_index), optimizer.learning_rate),
+            "batch_steps": per_seed(valid.sum(dim=1)).astype(np.int64),
+            "batch_trajectories": per_seed(
+                (reductions.trajectory_lengths(valid, batch.trajectory) > 0).sum(dim=1)
+            ).astype(np.int64),
+            "diverged": newly_diverged[seed_index],
+            "wall_time": np.full(len(seed_index), time.perf_counter() - start),
+        })
+        updates_done[seed_index] += 1
+        progress.update(collector.env_steps, int(acting.sum()), int(updates_done.max()))
+
+    envs.close()
+    progress.update(collector.env_steps, 0, int(updates_done.max()), final=True)
+    return [seed for seed, bad in zip(job.seeds, diverged, strict=True) if bad]
+
+
+def _running_index(seed_index: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Per-seed running index of new items (in order), advancing `counts` in place."""
+    index = np.empty(len(seed_index), dtype=np.int64)
+    for position, seed in enumerate(seed_index):
+        index[position] = counts[seed]
+        counts[seed] += 1
+    return index

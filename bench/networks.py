@@ -1,0 +1,147 @@
+"""Seed-batched networks: every parameter has a leading seed axis ``S``.
+
+Inputs are ``[S, B, features]``; seed s's slice of a layer only ever sees seed s's inputs
+(batched matmul), so S independent networks train as one computation. Initialisation is
+orthogonal as in CleanRL (gain sqrt(2) for hidden layers, 0.01 for the policy output, 1 for the
+value output), drawn per seed from that seed's own generator.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from bench.seeding import torch_generators
+
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
+
+
+class SeedLinear(nn.Module):
+    """S independent affine maps: ``y[s] = x[s] @ weight[s] + bias[s]``."""
+
+    def __init__(self, num_seeds: int, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_seeds, in_features, out_features))
+        self.bias = nn.Parameter(torch.zeros(num_seeds, 1, out_features))
+
+    def init_orthogonal(self, generators: Sequence[torch.Generator], gain: float) -> None:
+        """Orthogonal weights (as nn.Linear's [out, in] matrix, transposed), zero bias."""
+        with torch.no_grad():
+            for s, generator in enumerate(generators):
+                matrix = torch.empty(self.weight.shape[2], self.weight.shape[1])
+                nn.init.orthogonal_(matrix, gain=gain, generator=generator)
+                self.weight[s].copy_(matrix.T)
+            self.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class SeedMLP(nn.Module):
+    """Seed-batched MLP: hidden SeedLinear layers with an activation, then a linear output."""
+
+    def __init__(
+        self,
+        seeds: Sequence[int],
+        in_features: int,
+        hidden_sizes: Sequence[int],
+        out_features: int,
+        activation: str,
+        output_gain: float,
+        stream: str,
+    ) -> None:
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(
+                f"unknown activation {activation!r}; valid choices: {', '.join(ACTIVATIONS)}"
+            )
+        sizes = [in_features, *hidden_sizes, out_features]
+        layers: list[nn.Module] = []
+        generators = torch_generators(seeds, stream)
+        for index, (size_in, size_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+            layer = SeedLinear(len(seeds), size_in, size_out)
+            is_output = index == len(sizes) - 2
+            layer.init_orthogonal(generators, gain=output_gain if is_output else math.sqrt(2))
+            layers.append(layer)
+            if not is_output:
+                layers.append(ACTIVATIONS[activation]())
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class Policy(nn.Module):
+    """Seed-batched stochastic policy.
+
+    Discrete: categorical over logits. Continuous: diagonal Gaussian with a state-independent
+    log standard deviation per seed. Log-probabilities and entropies are summed over action
+    dimensions, so every method returns ``[S, B]``.
+    """
+
+    def __init__(
+        self,
+        seeds: Sequence[int],
+        obs_dim: int,
+        action_dim: int,
+        discrete: bool,
+        hidden_sizes: Sequence[int],
+        activation: str,
+        init_log_std: float,
+    ) -> None:
+        super().__init__()
+        self.discrete = discrete
+        self.body = SeedMLP(
+            seeds, obs_dim, hidden_sizes, action_dim, activation, output_gain=0.01,
+            stream="policy_init",
+        )
+        if not discrete:
+            self.log_std = nn.Parameter(torch.full((len(seeds), 1, action_dim), init_log_std))
+
+    def distribution(self, obs: torch.Tensor) -> torch.distributions.Distribution:
+        """The action distribution at ``obs [S, B, obs_dim]`` (batch shape ``[S, B]``)."""
+        out = self.body(obs)
+        if self.discrete:
+            return torch.distributions.Categorical(logits=out, validate_args=False)
+        std = self.log_std.exp().expand_as(out)
+        normal = torch.distributions.Normal(out, std, validate_args=False)
+        return torch.distributions.Independent(normal, 1, validate_args=False)
+
+    @torch.no_grad()
+    def sample(self, obs: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Actions at ``obs [S, B, obs_dim]`` from per-seed noise, and their log-probabilities.
+
+        Discrete: `noise` is U[0,1) ``[S, B]`` and the action is its inverse-CDF index.
+        Continuous: `noise` is N(0,1) ``[S, B, action_dim]``; the action is mean + std * noise,
+        unclipped (clip only when sending it to the environment). Computed without
+        torch.distributions, whose construction dominates the cost at these batch sizes; the
+        formulas are those of `distribution` (a test checks they agree).
+        """
+        out = self.body(obs)
+        if self.discrete:
+            log_probs = torch.log_softmax(out, dim=-1)
+            cdf = log_probs.exp().cumsum(dim=-1)
+            actions = (noise.unsqueeze(-1) >= cdf).sum(dim=-1).clamp(max=cdf.shape[-1] - 1)
+            return actions, log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+        log_std = self.log_std.expand_as(out)
+        actions = out + log_std.exp() * noise
+        log_density = -0.5 * noise.pow(2) - log_std - 0.5 * math.log(2 * math.pi)
+        return actions, log_density.sum(dim=-1)
+
+
+class ValueFunction(nn.Module):
+    """Seed-batched state-value function V(s): ``[S, B, obs_dim] -> [S, B]``."""
+
+    def __init__(
+        self, seeds: Sequence[int], obs_dim: int, hidden_sizes: Sequence[int], activation: str
+    ) -> None:
+        super().__init__()
+        self.body = SeedMLP(
+            seeds, obs_dim, hidden_sizes, 1, activation, output_gain=1.0, stream="value_init"
+        )
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.body(obs).squeeze(-1)

@@ -1,0 +1,97 @@
+"""Column names and types of the results dataset: the one contract between `bench` and `analysis`.
+
+Every job writes one parquet file under ``<results_dir>/<name>/data/``. A file holds rows of
+several kinds in one table (column ``kind``) so that ``pandas.read_parquet(".../data")`` reads a
+whole experiment; columns that do not apply to a row's kind are null.
+
+- ``kind == "episode"``: one row per finished training episode of one seed.
+- ``kind == "update"``: one row per gradient update of one seed.
+
+Besides the fixed columns below, a file has one column per swept config value (every Hydra
+override of the job other than group choices, seeds and output settings), named by its dotted
+config path (e.g. ``algo.gamma``); their names are listed in the file metadata under
+``SWEPT_COLUMNS_KEY``. This module imports nothing heavy, so `analysis` may import it.
+"""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 1
+
+KIND_EPISODE = "episode"
+KIND_UPDATE = "update"
+
+# Keys of the parquet file's key-value metadata (all values are UTF-8 strings).
+META_PREFIX = "bench."
+SCHEMA_VERSION_KEY = META_PREFIX + "schema_version"
+RUN_KEY_KEY = META_PREFIX + "run_key"
+SEEDS_KEY = META_PREFIX + "seeds"  # JSON list of the seeds this file holds
+CONFIG_KEY = META_PREFIX + "config"  # resolved config, YAML
+OVERRIDES_KEY = META_PREFIX + "overrides"  # JSON list of the job's Hydra overrides
+COMMAND_KEY = META_PREFIX + "command"  # the command line that started the process
+SWEPT_COLUMNS_KEY = META_PREFIX + "swept_columns"  # JSON list of extra column names
+VERSIONS_KEY = META_PREFIX + "versions"  # JSON {package: version}
+GIT_COMMIT_KEY = META_PREFIX + "git_commit"  # commit hash, "+dirty" when the tree had changes
+DEVICE_KEY = META_PREFIX + "device"
+HOST_KEY = META_PREFIX + "host"
+STARTED_AT_KEY = META_PREFIX + "started_at"  # ISO 8601, UTC
+FINISHED_AT_KEY = META_PREFIX + "finished_at"
+DIVERGED_SEEDS_KEY = META_PREFIX + "diverged_seeds"  # JSON list
+
+# Columns identifying a run, present on every row (the "cell" is all of these but `seed`,
+# plus the swept columns).
+IDENTITY_COLUMNS: dict[str, str] = {
+    "kind": "string",
+    "run_key": "string",  # hash of the resolved config without seeds and output settings
+    "seed": "int64",
+    "algo": "string",
+    "env": "string",
+    "reduction": "string",
+    "optim": "string",
+    "lr": "float64",
+}
+
+# Both kinds.
+COMMON_COLUMNS: dict[str, str] = {
+    # Environment steps this seed had taken when the episode ended / when the update was made.
+    "env_step": "int64",
+    # Seconds since the job started (wall clock; excluded from determinism checks).
+    "wall_time": "float64",
+}
+
+EPISODE_COLUMNS: dict[str, str] = {
+    "episode": "int64",  # index of the episode within its seed, from 0
+    "episode_return": "float64",  # undiscounted sum of rewards
+    "episode_length": "int64",
+    "terminated": "bool",  # True: terminal state reached; False: cut by the time limit
+}
+
+UPDATE_COLUMNS: dict[str, str] = {
+    "update": "int64",  # index of the gradient update within its seed, from 0
+    # The scalar actually differentiated: sum over steps of weight * per-step loss (for
+    # `per_step`, the sum of the per-step losses that were backpropagated one by one).
+    "loss": "float64",
+    # Unweighted means over the batch's valid steps, comparable across reductions.
+    "policy_loss": "float64",
+    "value_loss": "float64",  # null without a learned value function
+    "entropy": "float64",
+    # KL(old || new) on the batch after the update (k3 estimator), and PPO's clip fraction.
+    "approx_kl": "float64",
+    "clip_fraction": "float64",  # null where the algorithm has no clipping
+    "grad_norm": "float64",  # L2 norm of this seed's gradient before clipping
+    "learning_rate": "float64",
+    "batch_steps": "int64",  # valid steps in the batch
+    "batch_trajectories": "int64",  # trajectories (episodes or segments) in the batch
+    # True from the update at which the seed's loss, gradient or parameters became NaN/inf;
+    # the seed stops learning and acting there, so this is the seed's last update row.
+    "diverged": "bool",
+}
+
+COLUMNS: dict[str, str] = {
+    **IDENTITY_COLUMNS,
+    **COMMON_COLUMNS,
+    **EPISODE_COLUMNS,
+    **UPDATE_COLUMNS,
+}
+
+# Columns whose values depend on wall-clock time, not on (config, seeds, device).
+NONDETERMINISTIC_COLUMNS = ("wall_time",)

@@ -1,0 +1,210 @@
+"""The results writer: one parquet file per job, written atomically, with full provenance.
+
+Layout: ``<results_dir>/<name>/data/<run_key>-<seed_tag>.parquet``. The run key hashes the
+resolved config without seeds and output settings, so every seed of a configuration shares
+it; the seed tag hashes the file's seed list. Files are written to a dot-prefixed temporary
+name (which parquet readers ignore) and renamed into place, so a file that exists is complete.
+Columns are fixed by `bench.schema`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from bench import schema
+
+# Config keys that decide where results go or how fast a job runs, never what it computes.
+NON_RESULT_KEYS = ("seeds", "results_dir", "name", "threads", "progress_interval_s")
+PACKAGES = ("torch", "numpy", "gymnasium", "hydra-core", "omegaconf", "pyarrow")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_key(resolved_config: Mapping[str, Any]) -> str:
+    """16 hex digits of SHA-256 over the resolved config minus `NON_RESULT_KEYS`."""
+    identity = {k: v for k, v in resolved_config.items() if k not in NON_RESULT_KEYS}
+    text = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def seed_tag(seeds: Sequence[int]) -> str:
+    """8 hex digits identifying a seed list (order-insensitive)."""
+    text = json.dumps(sorted(seeds))
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def data_dir(results_dir: str | Path, name: str) -> Path:
+    return Path(results_dir) / name / "data"
+
+
+def result_path(results_dir: str | Path, name: str, key: str, seeds: Sequence[int]) -> Path:
+    return data_dir(results_dir, name) / f"{key}-{seed_tag(seeds)}.parquet"
+
+
+def completed_seeds(results_dir: str | Path, name: str, key: str) -> dict[int, Path]:
+    """Seeds of run `key` that already have a complete result file, with that file."""
+    done: dict[int, Path] = {}
+    for path in sorted(data_dir(results_dir, name).glob(f"{key}-*.parquet")):
+        try:
+            file_metadata = pq.read_schema(path).metadata or {}
+            seeds = json.loads(file_metadata[schema.SEEDS_KEY.encode()])
+        except Exception as error:  # noqa: BLE001 - any unreadable file is simply not complete
+            print(f"warning: ignoring unreadable result file {path}: {error}", file=sys.stderr)
+            continue
+        for seed in seeds:
+            done.setdefault(int(seed), path)
+    return done
+
+
+def git_commit() -> str:
+    """HEAD's commit of the code's repository, with "+dirty" if tracked files had changes."""
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class RunRecorder:
+    """Collects a job's episode and update rows in columnar form, then writes one file."""
+
+    def __init__(
+        self,
+        key: str,
+        seeds: Sequence[int],
+        identity: Mapping[str, Any],
+        swept: Mapping[str, Any],
+    ) -> None:
+        """identity: algo, env, reduction, optim, lr; swept: extra column name -> value."""
+        self.key = key
+        self.seeds = np.asarray(seeds, dtype=np.int64)
+        self.identity = dict(identity)
+        self.swept = dict(swept)
+        self._episodes: list[dict[str, np.ndarray]] = []
+        self._updates: list[dict[str, np.ndarray]] = []
+
+    def add_episodes(self, seed_index: np.ndarray, columns: Mapping[str, np.ndarray]) -> None:
+        """Episode rows: `seed_index` into the job's seed list, plus EPISODE/COMMON columns."""
+        if len(seed_index):
+            self._episodes.append({"seed": self.seeds[seed_index], **columns})
+
+    def add_updates(self, seed_index: np.ndarray, columns: Mapping[str, np.ndarray]) -> None:
+        """Update rows: `seed_index` into the job's seed list, plus UPDATE/COMMON columns."""
+        if len(seed_index):
+            self._updates.append({"seed": self.seeds[seed_index], **columns})
+
+    def table(self) -> pa.Table:
+        """All rows in the fixed schema plus swept columns, sorted by kind, seed, env_step."""
+        parts = [
+            self._kind_table(schema.KIND_EPISODE, self._episodes, "episode"),
+            self._kind_table(schema.KIND_UPDATE, self._updates, "update"),
+        ]
+        return pa.concat_tables(parts)
+
+    def _kind_table(self, kind: str, chunks: list[dict[str, np.ndarray]], order: str) -> pa.Table:
+        merged = {
+            name: np.concatenate([chunk[name] for chunk in chunks])
+            for name in (chunks[0] if chunks else {})
+        }
+        rows = len(merged.get("seed", ()))
+        if rows:
+            permutation = np.lexsort((merged[order], merged["seed"]))
+            merged = {name: values[permutation] for name, values in merged.items()}
+        constants = {"kind": kind, "run_key": self.key, **self.identity}
+        arrays, fields = [], []
+        for name, type_name in schema.COLUMNS.items():
+            arrow_type = pa.string() if type_name == "string" else pa.from_numpy_dtype(
+                np.dtype(type_name)
+            )
+            if name in merged:
+                array = pa.array(merged[name], type=arrow_type, from_pandas=True)
+            elif name in constants:
+                array = pa.array([constants[name]] * rows, type=arrow_type)
+            else:
+                array = pa.nulls(rows, type=arrow_type)
+            arrays.append(array)
+            fields.append(pa.field(name, arrow_type))
+        for name, value in self.swept.items():
+            array = pa.array([value] * rows)
+            arrays.append(array)
+            fields.append(pa.field(name, array.type))
+        return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def write_atomically(table: pa.Table, path: Path, file_metadata: Mapping[str, str]) -> None:
+    """Write `table` with `file_metadata` to `path` via a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    existing = table.schema.metadata or {}
+    merged = {**existing, **{k.encode(): v.encode() for k, v in file_metadata.items()}}
+    table = table.replace_schema_metadata(merged)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        pq.write_table(table, temporary)
+        with open(temporary, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def provenance(
+    key: str,
+    seeds: Sequence[int],
+    config_yaml: str,
+    overrides: Sequence[str],
+    swept_columns: Sequence[str],
+    device: str,
+    started_at: str,
+    diverged_seeds: Sequence[int],
+) -> dict[str, str]:
+    """The file metadata that traces every number to the command and code that made it."""
+    return {
+        schema.SCHEMA_VERSION_KEY: str(schema.SCHEMA_VERSION),
+        schema.RUN_KEY_KEY: key,
+        schema.SEEDS_KEY: json.dumps(list(map(int, seeds))),
+        schema.CONFIG_KEY: config_yaml,
+        schema.OVERRIDES_KEY: json.dumps(list(overrides)),
+        schema.COMMAND_KEY: " ".join([sys.executable, "-m", "bench.run", *sys.argv[1:]]),
+        schema.SWEPT_COLUMNS_KEY: json.dumps(list(swept_columns)),
+        schema.VERSIONS_KEY: json.dumps(package_versions()),
+        schema.GIT_COMMIT_KEY: git_commit(),
+        schema.DEVICE_KEY: device,
+        schema.HOST_KEY: socket.gethostname(),
+        schema.STARTED_AT_KEY: started_at,
+        schema.FINISHED_AT_KEY: utc_now(),
+        schema.DIVERGED_SEEDS_KEY: json.dumps(list(map(int, diverged_seeds))),
+    }
