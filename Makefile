@@ -7,6 +7,8 @@ PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.installed
 EXP         ?= quick
 RESULTS     ?= results
+# Parallel jobs of `make sweep` (Hydra's joblib launcher; one torch thread per job).
+JOBS        ?= $(shell nproc 2>/dev/null || echo 2)
 # Extra Hydra overrides for `make sweep`, e.g. ARGS="seeds=2 total_steps=5000".
 ARGS        ?=
 
@@ -26,7 +28,8 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
 sweep: $(STAMP)
-	$(PY) -m bench.run --multirun +experiment=$(EXP) results_dir=$(RESULTS) $(ARGS)
+	$(PY) -m bench.run --multirun +experiment=$(EXP) results_dir=$(RESULTS) \
+		hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) $(ARGS)
 
 report: $(STAMP)
 	$(PY) -m analysis.report $(RESULTS)/$(EXP)

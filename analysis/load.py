@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -277,7 +278,8 @@ def _rows_of_kind(
             frame[column] = frame[column].map(_as_group_key)
     for column in swept_columns:
         if column not in result.swept_columns:
-            frame[column] = _as_group_key(config_value(result.config, column))
+            value = _as_group_key(config_value(result.config, column))
+            frame[column] = np.nan if value is None else value
     return frame[[*columns, *swept_columns]]
 
 

@@ -36,8 +36,11 @@ LINE_STYLES: tuple[str | tuple[int, tuple[int, ...]], ...] = (
     "-.",
     (0, (5, 1, 1, 1, 1, 1)),
     (0, (8, 2)),
-    (0, (1, 3)),
+    (0, (1, 1)),
 )
+# Entries of seaborn's 10-colour colour-blind palette, in the order reductions take them (its
+# light pink, 6, comes late: it is hard to see on white).
+PALETTE_ORDER: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 7, 9, 8, 6)
 MARKERS: tuple[str, ...] = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<")
 MARKERS_PER_CURVE = 8
 FACET_SIZE_INCHES = (4.2, 3.0)
@@ -70,10 +73,10 @@ def reduction_styles(reductions: Sequence[str]) -> dict[str, CurveStyle]:
     names = list(REDUCTION_ORDER) + [
         r for r in ordered_reductions(reductions) if r not in REDUCTION_ORDER
     ]
-    palette = sns.color_palette("colorblind", n_colors=len(names))
+    palette = sns.color_palette("colorblind", n_colors=len(PALETTE_ORDER))
     return {
         name: CurveStyle(
-            color=tuple(palette[i]),
+            color=tuple(palette[PALETTE_ORDER[i % len(PALETTE_ORDER)]]),
             linestyle=LINE_STYLES[i % len(LINE_STYLES)],
             marker=MARKERS[i % len(MARKERS)],
             marker_phase=i / len(names),
@@ -141,7 +144,8 @@ def plot_convergence(
         fontsize="medium",
     )
     path_stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [path_stem.with_suffix(".png"), path_stem.with_suffix(".pdf")]
+    # Not with_suffix: a stem such as "lr=0.0003" already has a dot.
+    paths = [path_stem.parent / f"{path_stem.name}.{extension}" for extension in ("png", "pdf")]
     figure.savefig(paths[0], dpi=PNG_DPI)
     figure.savefig(paths[1])
     return paths

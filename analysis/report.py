@@ -244,7 +244,7 @@ def index_markdown(
         + "\n".join(f"- {item}" for item in NOT_YET_INCLUDED),
         data_section(dataset, per_seed),
         provenance_section(dataset),
-        cells_section(dataset, per_seed, cells),
+        cells_section(per_seed, cells),
         figures_section(figures, report_dir),
         summary_section(summary, settings),
     ]
@@ -255,6 +255,9 @@ def data_section(dataset: Dataset, per_seed: pd.DataFrame) -> str:
     """Files, runs, cells and seeds found; files skipped and why."""
     runs = dataset.runs
     n_cells = len(per_seed.drop_duplicates(cell_columns(dataset)))
+    no_length = sorted(
+        runs.loc[pd.to_numeric(runs["total_steps"], errors="coerce").isna(), "run_key"].unique()
+    )
     lines = [
         "## Data",
         "",
@@ -264,6 +267,8 @@ def data_section(dataset: Dataset, per_seed: pd.DataFrame) -> str:
         f"- rows: {len(dataset.episodes)} episodes, {len(dataset.updates)} updates",
         f"- runs started {min_text(runs['started_at'])}, last finished "
         f"{max_text(runs['finished_at'])}",
+        f"- runs whose config has no `total_steps` (length taken from their last row): "
+        f"{', '.join(no_length) if no_length else 'none'}",
         "",
         "### Skipped files",
         "",
@@ -324,7 +329,7 @@ def provenance_section(dataset: Dataset) -> str:
     return "\n".join(lines)
 
 
-def cells_section(dataset: Dataset, per_seed: pd.DataFrame, cells: Sequence[str]) -> str:
+def cells_section(per_seed: pd.DataFrame, cells: Sequence[str]) -> str:
     """Per cell: its run keys, seeds and diverged seeds."""
     rows = []
     for cell_values, cell_seeds in per_seed.groupby(list(cells), dropna=False, sort=True):
@@ -365,7 +370,8 @@ def figures_section(figures: Sequence[tuple[str, Path]], report_dir: Path) -> st
         "Episode return against environment steps: per seed, the mean return of the episodes "
         "ending in each of the grid's bins, carried forward over bins without one; the line is "
         "the mean over seeds, the band a percentile bootstrap CI over seeds at each grid point, "
-        "drawn only where every seed has finished an episode.",
+        "drawn only where every seed has finished an episode. The legend counts the seeds with at "
+        "least one finished episode.",
     ]
     for title, png in figures:
         relative = png.relative_to(report_dir)
@@ -375,7 +381,7 @@ def figures_section(figures: Sequence[tuple[str, Path]], report_dir: Path) -> st
             "",
             f"![convergence, {title}]({relative})",
             "",
-            f"[PDF]({relative.with_suffix('.pdf')})",
+            f"[PDF]({relative.parent / (relative.stem + '.pdf')})",
         ]
     return "\n".join(lines)
 

@@ -71,7 +71,9 @@ def resolve_device(value: Any) -> torch.device:
     if value == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if value == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' requested but CUDA is not available; valid here: auto, cpu")
+        raise ConfigError(
+            "device 'cuda' requested but CUDA is not available; valid here: auto, cpu"
+        )
     return torch.device(value)
 
 

@@ -20,7 +20,9 @@ class ProgressLine:
     def add_returns(self, returns: np.ndarray) -> None:
         self.recent_returns = (self.recent_returns + list(map(float, returns)))[-100:]
 
-    def update(self, env_steps: np.ndarray, active_seeds: int, updates: int, *, final: bool = False) -> None:
+    def update(
+        self, env_steps: np.ndarray, active_seeds: int, updates: int, *, final: bool = False
+    ) -> None:
         now = time.perf_counter()
         if not final and (self.interval_s <= 0 or now - self.last < self.interval_s):
             return
@@ -29,7 +31,8 @@ class ProgressLine:
         mean_return = np.mean(self.recent_returns) if self.recent_returns else float("nan")
         steps = int(env_steps.sum())
         print(
-            f"[{self.label}] {'done' if final else 'step'} {int(env_steps.min())}/{self.total_steps}"
+            f"[{self.label}] {'done' if final else 'step'} "
+            f"{int(env_steps.min())}/{self.total_steps}"
             f" (slowest seed) | seeds acting {active_seeds}/{self.num_seeds} | updates {updates}"
             f" | mean return (last 100 ep) {mean_return:.1f} | {steps / max(elapsed, 1e-9):,.0f}"
             f" env-steps/s | {elapsed:.0f}s",

@@ -60,7 +60,9 @@ def trajectory_lengths(valid: torch.Tensor, trajectory: torch.Tensor) -> torch.T
     return counts.scatter_add_(1, trajectory, valid.to(torch.float64))
 
 
-def step_weights(reduction: Reduction, valid: torch.Tensor, trajectory: torch.Tensor) -> torch.Tensor:
+def step_weights(
+    reduction: Reduction, valid: torch.Tensor, trajectory: torch.Tensor
+) -> torch.Tensor:
     """Per-step weights ``w[s, m]`` of `reduction` (float64, 0 on invalid slots), per seed.
 
     valid: bool ``[S, M]``; trajectory: int64 ``[S, M]`` trajectory id of each slot (ignored

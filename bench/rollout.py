@@ -141,18 +141,18 @@ class EpisodeCollector:
 
         while True:
             needs_episodes = acting[:, None] & (completed < self.quota)
-            stepped_seeds = np.flatnonzero(needs_episodes.any(axis=1))
-            if stepped_seeds.size == 0:
+            stepped = needs_episodes.any(axis=1)
+            if not stepped.any():
                 break
             obs = envs.obs.copy()
             obs_tensor = torch.as_tensor(obs, device=self.device)
             if spec.discrete:
-                noise = self.noise.uniform(envs.num_envs)
+                noise = self.noise.uniform((envs.num_envs,), stepped)
             else:
-                noise = self.noise.normal(envs.num_envs, spec.action_dim)
+                noise = self.noise.normal((envs.num_envs, spec.action_dim), stepped)
             actions, log_probs = self.policy.sample(obs_tensor, noise)
             actions, log_probs = actions.cpu().numpy(), log_probs.cpu().numpy()
-            step = envs.step(actions, stepped_seeds)
+            step = envs.step(actions, np.flatnonzero(stepped))
 
             transition = step.is_transition
             episode_start = transition & ~self.mid_episode

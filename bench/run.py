@@ -9,6 +9,7 @@ ones train. A bad value stops the job with one error line before anything is wri
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -32,7 +33,7 @@ def job_overrides() -> list[str]:
         return []
 
 
-def run_job(config: dict[str, Any], overrides: list[str]) -> store.Path | None:
+def run_job(config: dict[str, Any], overrides: list[str]) -> Path | None:
     """Check, train and write one job; returns the written file, or None when skipped."""
     job = make_job(config, overrides)
     torch.set_num_threads(config["threads"])

@@ -37,8 +37,8 @@ STARTED_AT_KEY = META_PREFIX + "started_at"  # ISO 8601, UTC
 FINISHED_AT_KEY = META_PREFIX + "finished_at"
 DIVERGED_SEEDS_KEY = META_PREFIX + "diverged_seeds"  # JSON list
 
-# Columns identifying a run, present on every row (the "cell" is all of these but `seed`,
-# plus the swept columns).
+# Columns identifying a run, present on every row. A "cell" (one configuration, all its
+# seeds) is algo, env, reduction, optim, lr plus the swept columns.
 IDENTITY_COLUMNS: dict[str, str] = {
     "kind": "string",
     "run_key": "string",  # hash of the resolved config without seeds and output settings

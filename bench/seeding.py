@@ -44,12 +44,20 @@ class SeedNoise:
         self.generators = torch_generators(seeds, "actions")
         self.device = device
 
-    def uniform(self, *shape: int) -> torch.Tensor:
-        """U[0, 1) noise of shape ``[S, *shape]``."""
-        draws = [torch.rand(shape, generator=g) for g in self.generators]
-        return torch.stack(draws).to(self.device)
+    def uniform(self, shape: tuple[int, ...], drawing: np.ndarray) -> torch.Tensor:
+        """U[0, 1) noise ``[S, *shape]``; only seeds where `drawing` is True advance their
+        generator (other rows are 0), so a paused seed's stream does not depend on how long
+        the other seeds ran."""
+        return self._draw(torch.rand, shape, drawing)
 
-    def normal(self, *shape: int) -> torch.Tensor:
-        """Standard normal noise of shape ``[S, *shape]``."""
-        draws = [torch.randn(shape, generator=g) for g in self.generators]
+    def normal(self, shape: tuple[int, ...], drawing: np.ndarray) -> torch.Tensor:
+        """Standard normal noise ``[S, *shape]``, drawn as in `uniform`."""
+        return self._draw(torch.randn, shape, drawing)
+
+    def _draw(self, sampler, shape: tuple[int, ...], drawing: np.ndarray) -> torch.Tensor:
+        zeros = torch.zeros(shape)
+        draws = [
+            sampler(shape, generator=generator) if draw else zeros
+            for generator, draw in zip(self.generators, drawing, strict=True)
+        ]
         return torch.stack(draws).to(self.device)

@@ -371,9 +371,9 @@ def test_report_cli_end_to_end(tmp_path: Path) -> None:
     assert len(summary) == 4
     ppo_sum = next(r for r in summary if (r["algo"], r["reduction"]) == ("ppo", "sum"))
     assert ppo_sum["n_seeds"] == "3" and ppo_sum["n_diverged"] == "1"
-    # Last 10% of 200 steps: episodes at 180 and 200, return level * step / 200 + seed.
-    assert float(ppo_sum["final_return_mean"]) == pytest.approx(95.0 + 1.0)
-    assert float(ppo_sum["final_return_ci_low"]) <= 96.0 <= float(ppo_sum["final_return_ci_high"])
+    # After step 180 (last 10% of 200) each seed has one episode, at 200: return 100 + seed.
+    assert float(ppo_sum["final_return_mean"]) == pytest.approx(101.0)
+    assert float(ppo_sum["final_return_ci_low"]) <= 101 <= float(ppo_sum["final_return_ci_high"])
     per_seed = pd.read_csv(report / "per_seed_metrics.csv")
     assert len(per_seed) == 12
     assert per_seed["final_return"].notna().all()

@@ -14,6 +14,7 @@ that has its episodes waiting for the others.
 from __future__ import annotations
 
 import time
+from functools import partial
 
 import numpy as np
 import torch
@@ -68,6 +69,30 @@ def returns_and_advantages(
     return returns, advantages
 
 
+def per_step_losses(
+    slots: slice,
+    *,
+    policy: Policy,
+    critic: ValueFunction | None,
+    batch: Batch,
+    advantages: torch.Tensor,
+    returns: torch.Tensor,
+    algo: dict,
+) -> dict[str, torch.Tensor]:
+    """l_t = -log pi(a_t|s_t) A_t - c_H H_t [+ c_V (V(s_t) - R_t)^2 / 2] on step `slots`."""
+    dist = policy.distribution(batch.obs[:, slots])
+    policy_loss = -dist.log_prob(batch.actions[:, slots]) * advantages[:, slots]
+    entropy = dist.entropy()
+    terms = {"policy_loss": policy_loss, "entropy": entropy}
+    loss = policy_loss - algo["entropy_coef"] * entropy
+    if critic is not None:
+        value_loss = 0.5 * (critic(batch.obs[:, slots]) - returns[:, slots]).pow(2)
+        terms["value_loss"] = value_loss
+        loss = loss + algo["value_coef"] * value_loss
+    terms["loss"] = loss
+    return terms
+
+
 def train(job: Job, recorder: RunRecorder, progress: ProgressLine) -> list[int]:
     """Train every seed of `job` for `total_steps` env steps; returns the diverged seeds."""
     config, algo, device = job.config, job.config["algo"], job.device
@@ -120,18 +145,10 @@ def train(job: Job, recorder: RunRecorder, progress: ProgressLine) -> list[int]:
         returns, advantages = returns_and_advantages(batch, critic, algo)
 
         # 3. Per-step losses, computable for any slice of step slots (per_step loops over them).
-        def step_losses(slots: slice) -> dict[str, torch.Tensor]:
-            dist = policy.distribution(batch.obs[:, slots])
-            policy_loss = -dist.log_prob(batch.actions[:, slots]) * advantages[:, slots]
-            entropy = dist.entropy()
-            terms = {"policy_loss": policy_loss, "entropy": entropy}
-            loss = policy_loss - algo["entropy_coef"] * entropy
-            if critic is not None:
-                value_loss = 0.5 * (critic(batch.obs[:, slots]) - returns[:, slots]).pow(2)
-                terms["value_loss"] = value_loss
-                loss = loss + algo["value_coef"] * value_loss
-            terms["loss"] = loss
-            return terms
+        step_losses = partial(
+            per_step_losses, policy=policy, critic=critic, batch=batch,
+            advantages=advantages, returns=returns, algo=algo,
+        )
 
         # 4. Update: the reduction is the one call that turns per-step losses into gradients.
         optimizer.zero_grad()
@@ -148,24 +165,22 @@ def train(job: Job, recorder: RunRecorder, progress: ProgressLine) -> list[int]:
         diverged |= newly_diverged
         seed_index = np.flatnonzero(acting)
         valid = batch.valid
-
-        def per_seed(values: torch.Tensor) -> np.ndarray:
-            return values.detach().cpu().numpy().astype(np.float64)[seed_index]
-
+        value_loss = terms.get("value_loss")
         recorder.add_updates(seed_index, {
             "update": updates_done[seed_index],
             "env_step": collector.env_steps[seed_index],
-            "loss": per_seed(loss),
-            "policy_loss": per_seed(masked_mean(terms["policy_loss"], valid)),
-            "value_loss": (per_seed(masked_mean(terms["value_loss"], valid))
-                           if critic is not None else np.full(len(seed_index), np.nan)),
-            "entropy": per_seed(masked_mean(terms["entropy"], valid)),
-            "approx_kl": per_seed(approx_kl),
-            "grad_norm": per_seed(grad_norm),
+            "loss": _rows(loss, seed_index),
+            "policy_loss": _rows(masked_mean(terms["policy_loss"], valid), seed_index),
+            "value_loss": (_rows(masked_mean(value_loss, valid), seed_index)
+                           if value_loss is not None else np.full(len(seed_index), np.nan)),
+            "entropy": _rows(masked_mean(terms["entropy"], valid), seed_index),
+            "approx_kl": _rows(approx_kl, seed_index),
+            "grad_norm": _rows(grad_norm, seed_index),
             "learning_rate": np.full(len(seed_index), optimizer.learning_rate),
-            "batch_steps": per_seed(valid.sum(dim=1)).astype(np.int64),
-            "batch_trajectories": per_seed(
-                (reductions.trajectory_lengths(valid, batch.trajectory) > 0).sum(dim=1)
+            "batch_steps": _rows(valid.sum(dim=1), seed_index).astype(np.int64),
+            "batch_trajectories": _rows(
+                (reductions.trajectory_lengths(valid, batch.trajectory) > 0).sum(dim=1),
+                seed_index,
             ).astype(np.int64),
             "diverged": newly_diverged[seed_index],
             "wall_time": np.full(len(seed_index), time.perf_counter() - start),
@@ -176,6 +191,11 @@ def train(job: Job, recorder: RunRecorder, progress: ProgressLine) -> list[int]:
     envs.close()
     progress.update(collector.env_steps, 0, int(updates_done.max()), final=True)
     return [seed for seed, bad in zip(job.seeds, diverged, strict=True) if bad]
+
+
+def _rows(values: torch.Tensor, seed_index: np.ndarray) -> np.ndarray:
+    """Per-seed values ``[S]`` of the recorded seeds, as float64 numpy."""
+    return values.detach().cpu().numpy().astype(np.float64)[seed_index]
 
 
 def _running_index(seed_index: np.ndarray, counts: np.ndarray) -> np.ndarray:
