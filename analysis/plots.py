@@ -135,7 +135,8 @@ def plot_convergence(
     figure.legend(
         handles=handles,
         loc="outside lower center",
-        ncols=min(len(handles), 4),
+        # Two legend columns per facet column keep the legend within the figure's width.
+        ncols=min(len(handles), 2 * len(algos)),
         title="reduction",
         frameon=False,
     )
@@ -146,8 +147,8 @@ def plot_convergence(
     path_stem.parent.mkdir(parents=True, exist_ok=True)
     # Not with_suffix: a stem such as "lr=0.0003" already has a dot.
     paths = [path_stem.parent / f"{path_stem.name}.{extension}" for extension in ("png", "pdf")]
-    figure.savefig(paths[0], dpi=PNG_DPI)
-    figure.savefig(paths[1])
+    figure.savefig(paths[0], dpi=PNG_DPI, bbox_inches="tight")
+    figure.savefig(paths[1], bbox_inches="tight")
     return paths
 
 
