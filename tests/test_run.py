@@ -174,3 +174,13 @@ def test_smoke_sweep_then_report(tmp_path):
     assert report.returncode == 0, report.stderr
     index = (tmp_path / "smoke" / "report" / "index.md").read_text()
     assert "reinforce" in index and "mean" in index and "sum" in index
+
+
+def test_every_env_config_trains(tmp_path):
+    envs = sorted(path.stem for path in (REPO / "conf" / "env").glob("*.yaml"))
+    assert envs == ["acrobot", "cartpole", "hopper", "lunarlander", "mountaincar", "pendulum"]
+    bench_run(tmp_path, f"env={','.join(envs)}", "seeds=1", "total_steps=300",
+              "algo.episodes_per_update=1", "progress_interval_s=0", multirun=True)
+    frame = pd.read_parquet(tmp_path / "default" / "data")
+    assert sorted(frame.env.unique()) == envs
+    assert frame[frame.kind == "update"].groupby("env").env_step.max().ge(300).all()
