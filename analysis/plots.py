@@ -19,16 +19,10 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import EngFormatter
 
+from bench.schema import REDUCTIONS
+
 # The reductions in the order of the design's table; unknown names follow, sorted.
-REDUCTION_ORDER: tuple[str, ...] = (
-    "sum",
-    "mean",
-    "traj_mean",
-    "traj_step_mean",
-    "constant",
-    "length_power",
-    "per_step",
-)
+REDUCTION_ORDER: tuple[str, ...] = REDUCTIONS
 LINE_STYLES: tuple[str | tuple[int, tuple[int, ...]], ...] = (
     "-",
     "--",

@@ -24,15 +24,9 @@ from dataclasses import dataclass
 
 import torch
 
-REDUCTIONS = (
-    "sum",
-    "mean",
-    "traj_mean",
-    "traj_step_mean",
-    "constant",
-    "length_power",
-    "per_step",
-)
+from bench.schema import REDUCTIONS
+
+__all__ = ["REDUCTIONS", "Reduction", "backward", "step_weights", "trajectory_lengths"]
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,18 @@ from __future__ import annotations
 
 SCHEMA_VERSION = 1
 
+# Values of the `reduction` column, in the order of DESIGN.md's table (bench.reductions
+# implements them; reports list them in this order).
+REDUCTIONS = (
+    "sum",
+    "mean",
+    "traj_mean",
+    "traj_step_mean",
+    "constant",
+    "length_power",
+    "per_step",
+)
+
 KIND_EPISODE = "episode"
 KIND_UPDATE = "update"
 
