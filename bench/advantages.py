@@ -9,13 +9,24 @@ from __future__ import annotations
 import torch
 
 
-def reward_to_go(rewards: torch.Tensor, last: torch.Tensor, gamma: float) -> torch.Tensor:
-    """G_t = sum_{k >= t} gamma^(k-t) r_k within each trajectory: ``[S, E, T]``."""
+def reward_to_go(
+    rewards: torch.Tensor,
+    last: torch.Tensor,
+    gamma: float,
+    bootstrap: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """G_t = sum_{k >= t} gamma^(k-t) r_k within each trajectory: ``[S, E, T]``.
+
+    ``bootstrap`` (same shape, zero except on last steps) completes a trajectory whose episode
+    goes on: at a last step, G_t = r_t + gamma * bootstrap_t.
+    """
     returns = torch.zeros_like(rewards)
     running = torch.zeros_like(rewards[..., 0])
     continues = (~last).to(rewards.dtype)
+    if bootstrap is None:
+        bootstrap = torch.zeros_like(rewards)
     for t in reversed(range(rewards.shape[-1])):
-        running = rewards[..., t] + gamma * continues[..., t] * running
+        running = rewards[..., t] + gamma * (continues[..., t] * running + bootstrap[..., t])
         returns[..., t] = running
     return returns
 
@@ -35,6 +46,13 @@ def broadcast_from_first_step(
         1, trajectory, torch.where(first, values, torch.zeros_like(values))
     )
     return torch.gather(per_trajectory, 1, trajectory) * valid
+
+
+def spread_over_trajectory(flags: torch.Tensor, trajectory: torch.Tensor) -> torch.Tensor:
+    """Bool ``[S, M]``: steps whose trajectory has any flagged step (``flags [S, M]``)."""
+    per_trajectory = torch.zeros(flags.shape, dtype=torch.float32, device=flags.device)
+    per_trajectory.scatter_add_(1, trajectory, flags.to(torch.float32))
+    return torch.gather(per_trajectory, 1, trajectory) > 0
 
 
 def masked_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

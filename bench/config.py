@@ -17,13 +17,17 @@ from bench.optim import OPTIMIZERS
 from bench.reductions import REDUCTIONS, Reduction
 from bench.store import NON_RESULT_KEYS, run_key
 
-ALGORITHMS = ("reinforce",)
+# Algorithm name (the `algo` column) -> the implementation that trains it (bench/algos/).
+ALGORITHMS = {"reinforce": "reinforce", "vpg": "reinforce"}
 DEVICES = ("auto", "cpu", "cuda")
 # Hydra config groups: their choice is an identity column, not a swept column.
 GROUPS = ("algo", "env", "reduction", "optim", "experiment")
 REINFORCE_CHOICES = {
     "returns": ("total", "reward_to_go"),
     "baseline": ("none", "batch_mean", "value"),
+    "batch_unit": ("episodes", "steps"),
+    "cut_episode": ("bootstrap", "zero", "drop"),
+    "truncation": ("end", "bootstrap"),
 }
 
 
@@ -80,7 +84,7 @@ def resolve_device(value: Any) -> torch.device:
 def check_config(config: Mapping[str, Any]) -> None:
     """Check every value a job uses; raise `ConfigError` on the first bad one."""
     algo, env, optim = config["algo"], config["env"], config["optim"]
-    _choice("algo", algo["name"], ALGORITHMS)
+    _choice("algo", algo["name"], tuple(ALGORITHMS))
     _choice("optim", optim["name"], OPTIMIZERS)
     _number("total_steps", config["total_steps"], 0, integer=True, inclusive=False)
     _number("threads", config["threads"], 0, integer=True, inclusive=False)
@@ -89,10 +93,25 @@ def check_config(config: Mapping[str, Any]) -> None:
     _number("env.max_episode_steps", env["max_episode_steps"], 0, integer=True, inclusive=False)
     make_reduction(config)
     _number("algo.num_envs", algo["num_envs"], 0, integer=True, inclusive=False)
-    _number("algo.episodes_per_update", algo["episodes_per_update"], algo["num_envs"],
-            integer=True, inclusive=True)
     for key, choices in REINFORCE_CHOICES.items():
         _choice(f"algo.{key}", algo[key], choices)
+    if algo["batch_unit"] == "episodes":
+        _number("algo.episodes_per_update", algo["episodes_per_update"], algo["num_envs"],
+                integer=True, inclusive=True)
+    else:
+        _number("algo.steps_per_update", algo["steps_per_update"], algo["num_envs"],
+                integer=True, inclusive=True)
+        if algo["steps_per_update"] % algo["num_envs"]:
+            raise ConfigError(
+                f"algo.steps_per_update ({algo['steps_per_update']}) must be a multiple of "
+                f"algo.num_envs ({algo['num_envs']})"
+            )
+    for key in ("cut_episode", "truncation"):
+        if algo[key] == "bootstrap" and algo["baseline"] != "value":
+            raise ConfigError(
+                f"algo.{key}=bootstrap needs a learned value function (algo.baseline=value), "
+                f"got algo.baseline={algo['baseline']!r}"
+            )
     gamma = algo["gamma"]
     if not (isinstance(gamma, int | float) and 0.0 <= gamma <= 1.0):
         raise ConfigError(f"algo.gamma must be in [0, 1], got {gamma!r}")

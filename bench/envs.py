@@ -1,11 +1,16 @@
 """Gymnasium environments for a batch of seeds: S seeds x E sub-environments.
 
 Each seed has its own gymnasium ``SyncVectorEnv`` of E sub-environments, so a seed whose batch
-is complete can pause (its vector env is simply not stepped) while the others go on. The
-vector envs use gymnasium 1.x's default NEXT_STEP autoreset: after a sub-env reports
-terminated or truncated, its next ``step`` ignores the action and returns the first
-observation of a new episode. That step is not a transition and is flagged so
-(``is_transition`` False); no transition ever crosses an episode boundary.
+is complete can pause (its vector env is simply not stepped) while the others go on.
+
+Autoreset: gymnasium 1.x's default (NEXT_STEP) resets a finished sub-env on its *next* step,
+which is then not a transition and would desynchronise sub-envs that must take the same number
+of transitions. The vector envs here use SAME_STEP instead: a sub-env that terminates or is
+truncated is reset within the same ``step`` call, its last observation comes back in
+``infos["final_obs"]``. So every step of a stepped seed is a transition, its successor
+observation is ``next_obs`` (the final observation where the episode ended), and the
+observation to act on next is ``obs`` (the new episode's first one). No transition crosses an
+episode boundary.
 
 Sub-env e of seed s is seeded once, at its first reset, from seed s alone
 (`bench.seeding.env_reset_seeds`); later resets continue its own random stream.
@@ -62,16 +67,18 @@ def describe_env(gym_id: str, max_episode_steps: int, kwargs: dict | None = None
 
 @dataclass
 class StepResult:
-    """Outcome of one step of the stepped seeds; arrays are ``[S, E]``.
+    """Outcome of one step; arrays are ``[S, E]`` (``next_obs`` ``[S, E, obs_dim]``).
 
-    ``is_transition`` is False for sub-envs of seeds that were not stepped and for autoreset
-    steps; `reward`, `terminated`, `truncated` are meaningful only where it is True.
+    ``is_transition`` is False for sub-envs of seeds that were not stepped; the other fields are
+    meaningful only where it is True. ``next_obs`` is the transition's successor observation:
+    for an episode that ended, its final observation (the env has already been reset).
     """
 
     reward: np.ndarray
     terminated: np.ndarray
     truncated: np.ndarray
     is_transition: np.ndarray
+    next_obs: np.ndarray
 
 
 class SeedEnvs:
@@ -86,14 +93,12 @@ class SeedEnvs:
         self.vector_envs = [
             SyncVectorEnv(
                 [lambda: make_env(spec.gym_id, spec.max_episode_steps, kwargs)] * num_envs,
-                autoreset_mode=AutoresetMode.NEXT_STEP,
+                autoreset_mode=AutoresetMode.SAME_STEP,
             )
             for _ in self.seeds
         ]
         shape = (len(self.seeds), num_envs)
         self.obs = np.zeros((*shape, spec.obs_dim), dtype=np.float32)
-        # True where the sub-env's last step ended an episode, so its next step is a reset.
-        self.autoreset_pending = np.zeros(shape, dtype=bool)
         for s, (seed, vector_env) in enumerate(zip(self.seeds, self.vector_envs, strict=True)):
             self.obs[s], _ = vector_env.reset(seed=env_reset_seeds(seed, num_envs))
 
@@ -108,28 +113,30 @@ class SeedEnvs:
             terminated=np.zeros(shape, dtype=bool),
             truncated=np.zeros(shape, dtype=bool),
             is_transition=np.zeros(shape, dtype=bool),
+            next_obs=np.zeros_like(self.obs),
         )
         if not self.spec.discrete:
             actions = np.clip(actions, self.spec.action_low, self.spec.action_high)
         for s in stepped_seeds:
-            obs, reward, terminated, truncated, _ = self.vector_envs[s].step(actions[s])
+            obs, reward, terminated, truncated, infos = self.vector_envs[s].step(actions[s])
             self.obs[s] = obs
+            result.next_obs[s] = obs
+            for e in np.flatnonzero(infos.get("_final_obs", ())):
+                result.next_obs[s, e] = infos["final_obs"][e]
             result.reward[s] = reward
             result.terminated[s] = terminated
             result.truncated[s] = truncated
-            result.is_transition[s] = ~self.autoreset_pending[s]
-            self.autoreset_pending[s] = terminated | truncated
+            result.is_transition[s] = True
         return result
 
     def reset_envs(self, mask: np.ndarray) -> None:
         """Start a new episode now in the sub-envs where ``mask [S, E]`` is True.
 
-        Their random streams continue (no re-seeding); a pending autoreset is cancelled.
+        Their random streams continue (no re-seeding).
         """
         for s in np.flatnonzero(mask.any(axis=1)):
             obs, _ = self.vector_envs[s].reset(options={"reset_mask": mask[s].copy()})
             self.obs[s] = obs
-            self.autoreset_pending[s] &= ~mask[s]
 
     def close(self) -> None:
         for vector_env in self.vector_envs:

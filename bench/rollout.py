@@ -1,8 +1,18 @@
-"""Rollout storage and collection of whole-episode batches, per seed and in lockstep.
+"""Rollout storage and batch collection, per seed and in lockstep.
 
 A `Batch` holds, for every seed, M = E * T step slots laid out sub-env-major (slot
 ``m = e * T + t``), so each trajectory's steps are contiguous and ``view(S, E, T)`` recovers
-time. Only real transitions of counted episodes fill slots; ``valid`` marks them.
+time. ``valid`` marks the slots that hold a transition of the batch.
+
+Two ways to fill a batch (``algo.batch_unit``):
+
+- `EpisodeCollector` (``episodes``): whole episodes, ``episodes_per_update`` per seed;
+- `StepCollector` (``steps``): exactly ``steps_per_update`` transitions per seed; an episode
+  still running at the batch end is a cut segment, and the environments carry on from there in
+  the next batch.
+
+Episode statistics (`FinishedEpisodes`) are always of whole episodes: an episode that spans
+two step batches is recorded once, when it ends.
 """
 
 from __future__ import annotations
@@ -12,23 +22,26 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from bench.envs import SeedEnvs
+from bench.envs import SeedEnvs, StepResult
 from bench.networks import Policy
 from bench.seeding import SeedNoise
 
 
 @dataclass
 class Batch:
-    """Steps of one update, ``[S, M]`` per field (obs ``[S, M, obs_dim]``)."""
+    """Steps of one update, ``[S, M]`` per field (observations ``[S, M, obs_dim]``)."""
 
     obs: torch.Tensor
+    next_obs: torch.Tensor  # successor observation (an ended episode's final observation)
     actions: torch.Tensor  # long [S, M] (discrete) or float [S, M, action_dim], unclipped
     log_probs: torch.Tensor  # log pi(a|s) when the action was sampled
     rewards: torch.Tensor
-    valid: torch.Tensor  # bool: the slot holds a real step
-    trajectory: torch.Tensor  # long: trajectory id within the seed, e * T + k
+    valid: torch.Tensor  # bool: the slot holds a transition of the batch
+    trajectory: torch.Tensor  # long: trajectory (episode or segment) id within the seed
     last: torch.Tensor  # bool: last step of its trajectory
-    terminated: torch.Tensor  # bool: last step and a terminal state (not a time-limit cut)
+    terminated: torch.Tensor  # bool: last step, and the episode reached a terminal state
+    truncated: torch.Tensor  # bool: last step, and the time limit cut the episode
+    cut: torch.Tensor  # bool: last step, and the batch ended while the episode ran on
     num_envs: int
 
     @property
@@ -39,7 +52,7 @@ class Batch:
 
 @dataclass
 class FinishedEpisodes:
-    """Episodes that finished during a collection (one entry each)."""
+    """Whole episodes that finished during a collection (one entry each)."""
 
     seed_index: np.ndarray  # index into the job's seed list
     env_step: np.ndarray  # the seed's env-step count when the episode ended
@@ -54,7 +67,6 @@ class _SlotBuffer:
     def __init__(self, shape: tuple[int, int], fields: dict[str, tuple[tuple[int, ...], type]]):
         self.shape = shape
         self.capacity = 64
-        self.fields = fields
         self.data = {
             name: np.zeros((*shape, self.capacity, *trailing), dtype=dtype)
             for name, (trailing, dtype) in fields.items()
@@ -81,123 +93,97 @@ class _SlotBuffer:
         self.capacity *= 2
 
 
-class EpisodeCollector:
-    """Collects `episodes_per_update` whole episodes per seed with the current policy.
+class _Collector:
+    """What both collectors share: acting with per-seed noise, stepping, episode statistics.
 
-    Sub-env e of every seed runs ``quota[e]`` of the episodes (the episodes are split as evenly
-    as possible). An episode is counted when it starts while its sub-env still has quota, so
-    the batch is not biased toward short episodes. A sub-env with its quota met keeps stepping
-    only while other sub-envs of its seed still run (gymnasium steps a vector env's sub-envs
-    together); the episode it starts then is discarded and is reset at the next collection.
-    A seed whose sub-envs all met their quota pauses until every seed has its batch.
-
-    ``env_steps[s]`` counts every transition seed s took, discarded ones included.
+    ``env_steps[s]`` counts every transition seed s took. Running episode returns and lengths
+    persist across collections, so an episode is recorded whole when it ends.
     """
 
     def __init__(
-        self,
-        envs: SeedEnvs,
-        policy: Policy,
-        noise: SeedNoise,
-        episodes_per_update: int,
-        device: torch.device,
+        self, envs: SeedEnvs, policy: Policy, noise: SeedNoise, device: torch.device
     ) -> None:
-        num_seeds, num_envs = len(envs.seeds), envs.num_envs
-        self.envs, self.policy, self.noise, self.device = envs, policy, noise, device
-        self.quota = np.array(
-            [episodes_per_update // num_envs + (e < episodes_per_update % num_envs)
-             for e in range(num_envs)]
-        )
-        self.env_steps = np.zeros(num_seeds, dtype=np.int64)
-        self.mid_episode = np.zeros((num_seeds, num_envs), dtype=bool)
-
-    def collect(self, acting: np.ndarray) -> tuple[Batch, FinishedEpisodes]:
-        """Run the seeds where ``acting [S]`` is True until each has its episodes."""
-        envs, spec = self.envs, self.envs.spec
         shape = (len(envs.seeds), envs.num_envs)
-        # Episodes left unfinished by the previous collection were discarded: start afresh.
-        stale = self.mid_episode & acting[:, None]
-        if stale.any():
-            envs.reset_envs(stale)
-            self.mid_episode &= ~stale
+        self.envs, self.policy, self.noise, self.device = envs, policy, noise, device
+        self.env_steps = np.zeros(shape[0], dtype=np.int64)
+        self.mid_episode = np.zeros(shape, dtype=bool)
+        self.running_return = np.zeros(shape, dtype=np.float64)
+        self.running_length = np.zeros(shape, dtype=np.int64)
 
+    def _new_buffer(self) -> _SlotBuffer:
+        spec = self.envs.spec
         action_shape = () if spec.discrete else (spec.action_dim,)
-        action_dtype = np.int64 if spec.discrete else np.float32
-        buffer = _SlotBuffer(shape, {
+        return _SlotBuffer((len(self.envs.seeds), self.envs.num_envs), {
             "obs": ((spec.obs_dim,), np.float32),
-            "actions": (action_shape, action_dtype),
+            "next_obs": ((spec.obs_dim,), np.float32),
+            "actions": (action_shape, np.int64 if spec.discrete else np.float32),
             "log_probs": ((), np.float32),
             "rewards": ((), np.float32),
-            "episode_in_env": ((), np.int64),
+            "trajectory_in_env": ((), np.int64),
             "last": ((), bool),
             "terminated": ((), bool),
+            "truncated": ((), bool),
         })
-        started = np.zeros(shape, dtype=np.int64)
-        completed = np.zeros(shape, dtype=np.int64)
-        counted = np.zeros(shape, dtype=bool)
-        running_return = np.zeros(shape, dtype=np.float64)
-        running_length = np.zeros(shape, dtype=np.int64)
-        finished: list[tuple[np.ndarray, ...]] = []
 
-        while True:
-            needs_episodes = acting[:, None] & (completed < self.quota)
-            stepped = needs_episodes.any(axis=1)
-            if not stepped.any():
-                break
-            obs = envs.obs.copy()
-            obs_tensor = torch.as_tensor(obs, device=self.device)
-            if spec.discrete:
-                noise = self.noise.uniform((envs.num_envs,), stepped)
-            else:
-                noise = self.noise.normal((envs.num_envs, spec.action_dim), stepped)
-            actions, log_probs = self.policy.sample(obs_tensor, noise)
-            actions, log_probs = actions.cpu().numpy(), log_probs.cpu().numpy()
-            step = envs.step(actions, np.flatnonzero(stepped))
+    def _act_and_step(self, stepped: np.ndarray) -> tuple[dict[str, np.ndarray], StepResult]:
+        """Sample actions for every sub-env of the seeds where ``stepped [S]`` is True and step
+        them. Returns the transition's fields (``[S, E, ...]``) and the step result."""
+        envs, spec = self.envs, self.envs.spec
+        obs = envs.obs.copy()
+        if spec.discrete:
+            noise = self.noise.uniform((envs.num_envs,), stepped)
+        else:
+            noise = self.noise.normal((envs.num_envs, spec.action_dim), stepped)
+        actions, log_probs = self.policy.sample(torch.as_tensor(obs, device=self.device), noise)
+        actions, log_probs = actions.cpu().numpy(), log_probs.cpu().numpy()
+        step = envs.step(actions, np.flatnonzero(stepped))
+        fields = {
+            "obs": obs,
+            "next_obs": step.next_obs,
+            "actions": actions,
+            "log_probs": log_probs,
+            "rewards": step.reward.astype(np.float32),
+            "last": step.terminated | step.truncated,
+            "terminated": step.terminated,
+            "truncated": step.truncated,
+        }
+        return fields, step
 
-            transition = step.is_transition
-            episode_start = transition & ~self.mid_episode
-            counted[episode_start] = (started < self.quota[None, :])[episode_start]
-            started[episode_start] += 1
-            self.mid_episode |= transition
-            self.env_steps += transition.sum(axis=1)
-            running_return[transition] += step.reward[transition]
-            running_length[transition] += 1
-            ended = transition & (step.terminated | step.truncated)
-            buffer.append(transition & counted, {
-                "obs": obs,
-                "actions": actions,
-                "log_probs": log_probs,
-                "rewards": step.reward.astype(np.float32),
-                "episode_in_env": started - 1,
-                "last": ended,
-                "terminated": step.terminated,
-            })
+    def _track_episodes(
+        self, step: StepResult, record: np.ndarray, finished: list[tuple[np.ndarray, ...]]
+    ) -> np.ndarray:
+        """Advance step counts and running episode statistics; append to `finished` the
+        episodes that ended where `record` is True. Returns the ``[S, E]`` mask of ended ones."""
+        transition = step.is_transition
+        self.env_steps += transition.sum(axis=1)
+        self.mid_episode |= transition
+        self.running_return[transition] += step.reward[transition]
+        self.running_length[transition] += 1
+        ended = transition & (step.terminated | step.truncated)
+        recorded = ended & record
+        if recorded.any():
+            seed_index, _ = np.nonzero(recorded)
+            finished.append((
+                seed_index,
+                self.env_steps[seed_index],
+                self.running_return[recorded],
+                self.running_length[recorded],
+                step.terminated[recorded],
+            ))
+        self.mid_episode &= ~ended
+        self.running_return[ended] = 0.0
+        self.running_length[ended] = 0
+        return ended
 
-            counted_end = ended & counted
-            if counted_end.any():
-                seed_index, _ = np.nonzero(counted_end)
-                finished.append((
-                    seed_index,
-                    self.env_steps[seed_index],
-                    running_return[counted_end],
-                    running_length[counted_end],
-                    step.terminated[counted_end],
-                ))
-                completed += counted_end
-            self.mid_episode &= ~ended
-            counted &= ~ended
-            running_return[ended] = 0.0
-            running_length[ended] = 0
-
-        return self._to_batch(buffer), self._to_episodes(finished)
-
-    def _to_batch(self, buffer: _SlotBuffer) -> Batch:
+    def _to_batch(self, buffer: _SlotBuffer, cut: np.ndarray | None = None) -> Batch:
+        """Stack the buffer into a `Batch`; ``cut [S, E, T]`` marks batch-end cuts."""
         num_seeds, num_envs = buffer.shape
         steps = int(buffer.position.max())
         data = {name: array[:, :, :steps] for name, array in buffer.data.items()}
         valid = np.arange(steps)[None, None, :] < buffer.position[:, :, None]
-        trajectory = np.arange(num_envs)[None, :, None] * steps + data["episode_in_env"]
+        trajectory = np.arange(num_envs)[None, :, None] * steps + data["trajectory_in_env"]
         trajectory = np.where(valid, trajectory, 0)
+        cut = np.zeros_like(valid) if cut is None else cut & valid
 
         def slots(array: np.ndarray) -> torch.Tensor:
             flat = array.reshape(num_seeds, num_envs * steps, *array.shape[3:])
@@ -205,13 +191,16 @@ class EpisodeCollector:
 
         return Batch(
             obs=slots(data["obs"]),
+            next_obs=slots(data["next_obs"]),
             actions=slots(data["actions"]),
             log_probs=slots(data["log_probs"]),
             rewards=slots(data["rewards"]),
             valid=slots(valid),
             trajectory=slots(trajectory),
-            last=slots(data["last"] & valid),
+            last=slots((data["last"] | cut) & valid),
             terminated=slots(data["terminated"] & valid),
+            truncated=slots(data["truncated"] & valid),
+            cut=slots(cut),
             num_envs=num_envs,
         )
 
@@ -222,3 +211,98 @@ class EpisodeCollector:
             return FinishedEpisodes(empty, empty, empty.astype(float), empty, empty.astype(bool))
         columns = [np.concatenate(parts) for parts in zip(*finished, strict=True)]
         return FinishedEpisodes(*columns)
+
+
+class EpisodeCollector(_Collector):
+    """Collects `episodes_per_update` whole episodes per seed with the current policy.
+
+    Sub-env e of every seed runs ``quota[e]`` of the episodes (split as evenly as possible).
+    An episode is counted when it starts while its sub-env still has quota, so the batch is not
+    biased toward short episodes. A sub-env with its quota met keeps stepping only while other
+    sub-envs of its seed still run (gymnasium steps a vector env's sub-envs together); the
+    episode it starts then is discarded and is reset at the next collection. A seed whose
+    sub-envs all met their quota pauses until every seed has its batch.
+    ``env_steps`` includes the discarded transitions.
+    """
+
+    def __init__(
+        self,
+        envs: SeedEnvs,
+        policy: Policy,
+        noise: SeedNoise,
+        episodes_per_update: int,
+        device: torch.device,
+    ) -> None:
+        super().__init__(envs, policy, noise, device)
+        num_envs = envs.num_envs
+        self.quota = np.array(
+            [episodes_per_update // num_envs + (e < episodes_per_update % num_envs)
+             for e in range(num_envs)]
+        )
+
+    def collect(self, acting: np.ndarray) -> tuple[Batch, FinishedEpisodes]:
+        """Run the seeds where ``acting [S]`` is True until each has its episodes."""
+        shape = (len(self.envs.seeds), self.envs.num_envs)
+        # Episodes left unfinished by the previous collection were discarded: start afresh.
+        stale = self.mid_episode & acting[:, None]
+        if stale.any():
+            self.envs.reset_envs(stale)
+            self.mid_episode &= ~stale
+            self.running_return[stale], self.running_length[stale] = 0.0, 0
+
+        buffer = self._new_buffer()
+        started = np.zeros(shape, dtype=np.int64)
+        completed = np.zeros(shape, dtype=np.int64)
+        counted = np.zeros(shape, dtype=bool)
+        finished: list[tuple[np.ndarray, ...]] = []
+        while True:
+            stepped = (acting[:, None] & (completed < self.quota)).any(axis=1)
+            if not stepped.any():
+                break
+            episode_start = stepped[:, None] & ~self.mid_episode
+            counted[episode_start] = (started < self.quota)[episode_start]
+            started += episode_start
+            fields, step = self._act_and_step(stepped)
+            buffer.append(step.is_transition & counted,
+                          {**fields, "trajectory_in_env": started - 1})
+            ended = self._track_episodes(step, counted, finished)
+            completed += ended & counted
+            counted &= ~ended
+        return self._to_batch(buffer), self._to_episodes(finished)
+
+
+class StepCollector(_Collector):
+    """Collects exactly `steps_per_update` transitions per acting seed, ``steps_per_update / E``
+    per sub-env. Episodes that run past the batch end are cut there (the segment's last step is
+    marked ``cut``) and continue, under the updated policy, in the next batch."""
+
+    def __init__(
+        self,
+        envs: SeedEnvs,
+        policy: Policy,
+        noise: SeedNoise,
+        steps_per_update: int,
+        device: torch.device,
+    ) -> None:
+        super().__init__(envs, policy, noise, device)
+        if steps_per_update % envs.num_envs:
+            raise ValueError(
+                f"steps_per_update ({steps_per_update}) must be a multiple of num_envs "
+                f"({envs.num_envs})"
+            )
+        self.steps_per_env = steps_per_update // envs.num_envs
+
+    def collect(self, acting: np.ndarray) -> tuple[Batch, FinishedEpisodes]:
+        """Step the seeds where ``acting [S]`` is True for `steps_per_env` steps each."""
+        shape = (len(self.envs.seeds), self.envs.num_envs)
+        buffer = self._new_buffer()
+        segment = np.zeros(shape, dtype=np.int64)
+        finished: list[tuple[np.ndarray, ...]] = []
+        for _ in range(self.steps_per_env):
+            fields, step = self._act_and_step(acting)
+            buffer.append(step.is_transition, {**fields, "trajectory_in_env": segment})
+            segment += self._track_episodes(step, np.ones(shape, dtype=bool), finished)
+        # The batch ends mid-episode wherever the last step did not end the episode.
+        cut = np.zeros((*shape, self.steps_per_env), dtype=bool)
+        cut[:, :, -1] = acting[:, None] & self.mid_episode
+        return self._to_batch(buffer, cut), self._to_episodes(finished)

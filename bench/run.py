@@ -19,10 +19,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from bench import store
 from bench.algos import reinforce
-from bench.config import ConfigError, Job, make_job
+from bench.config import ALGORITHMS, ConfigError, Job, make_job
 from bench.progress import ProgressLine
 
-ALGORITHMS = {"reinforce": reinforce.train}
+# Implementation name (bench.config.ALGORITHMS' values) -> its training function.
+TRAINERS = {"reinforce": reinforce.train}
 
 
 def job_overrides() -> list[str]:
@@ -63,7 +64,7 @@ def run_job(config: dict[str, Any], overrides: list[str]) -> Path | None:
     recorder = store.RunRecorder(job.run_key, job.seeds, identity, job.swept)
     progress = ProgressLine(label, config["total_steps"], len(job.seeds),
                             config["progress_interval_s"])
-    diverged = ALGORITHMS[config["algo"]["name"]](job, recorder, progress)
+    diverged = TRAINERS[ALGORITHMS[config["algo"]["name"]]](job, recorder, progress)
 
     path = store.result_path(results_dir, name, job.run_key, job.seeds)
     metadata = store.provenance(

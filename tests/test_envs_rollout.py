@@ -8,16 +8,26 @@ import torch
 
 from bench.envs import SeedEnvs, describe_env, make_env
 from bench.networks import Policy
-from bench.rollout import EpisodeCollector
+from bench.rollout import EpisodeCollector, StepCollector
 from bench.seeding import SeedNoise, env_reset_seeds
 
 CPU = torch.device("cpu")
 
 
-def collector(gym_id: str, max_steps: int, seeds: list[int], num_envs: int, episodes: int):
+def collector(
+    gym_id: str,
+    max_steps: int,
+    seeds: list[int],
+    num_envs: int,
+    episodes: int = 0,
+    steps: int = 0,
+):
+    """An EpisodeCollector (`episodes` per update) or a StepCollector (`steps` per update)."""
     spec = describe_env(gym_id, max_steps)
     envs = SeedEnvs(spec, seeds, num_envs)
     policy = Policy(seeds, spec.obs_dim, spec.action_dim, spec.discrete, [16], "tanh", 0.0)
+    if steps:
+        return StepCollector(envs, policy, SeedNoise(seeds, CPU), steps, CPU)
     return EpisodeCollector(envs, policy, SeedNoise(seeds, CPU), episodes, CPU)
 
 
@@ -52,6 +62,7 @@ def test_recorded_episodes_match_an_independent_replay(gym_id: str, max_steps: i
                     if not collect.envs.spec.discrete:
                         action = np.clip(action, env.action_space.low, env.action_space.high)
                     obs, reward, terminated, truncated, _ = env.step(action)
+                    np.testing.assert_allclose(batch.next_obs[s, m].numpy(), obs, atol=1e-6)
                     assert batch.rewards[s, m].item() == pytest.approx(reward, rel=1e-6)
                     total += reward
                 assert batch.last[s, slots[-1]] and (terminated or truncated)
@@ -80,16 +91,22 @@ def test_recorded_episodes_match_an_independent_replay(gym_id: str, max_steps: i
         assert all(length == max_steps and not term for _, length, term in all_recorded)
 
 
-def test_autoreset_step_is_not_a_transition() -> None:
+def test_an_ended_episode_resets_within_the_step_and_reports_its_final_observation() -> None:
     spec = describe_env("Pendulum-v1", 3)
     envs = SeedEnvs(spec, [0], num_envs=1)
-    action = np.zeros((1, 1, 1), dtype=np.float32)
-    flags = []
-    for _ in range(8):
+    replay = make_env("Pendulum-v1", 3)
+    replay_obs, _ = replay.reset(seed=env_reset_seeds(0, 1)[0])
+    action = np.full((1, 1, 1), 0.5, dtype=np.float32)
+    for step_index in range(7):
+        np.testing.assert_allclose(envs.obs[0, 0], replay_obs, atol=1e-6)
         step = envs.step(action, [0])
-        flags.append((bool(step.is_transition[0, 0]), bool(step.truncated[0, 0])))
-    # 3 transitions (the third truncated), one reset step, 3 transitions, one reset step.
-    assert flags == [(True, False), (True, False), (True, True), (False, False)] * 2
+        replay_obs, reward, _, truncated, _ = replay.step(action[0, 0])
+        assert step.is_transition[0, 0] and step.reward[0, 0] == pytest.approx(reward)
+        np.testing.assert_allclose(step.next_obs[0, 0], replay_obs, atol=1e-6)
+        assert bool(step.truncated[0, 0]) == truncated == (step_index % 3 == 2)
+        if truncated:  # the env already holds the next episode's first observation
+            replay_obs, _ = replay.reset()
+            assert not np.allclose(envs.obs[0, 0], step.next_obs[0, 0])
 
 
 def test_each_seed_gets_exactly_its_episodes_and_waits_for_the_others() -> None:
@@ -118,3 +135,68 @@ def test_env_step_of_each_episode_is_the_seeds_running_count() -> None:
     _, episodes = collect.collect(np.ones(1, dtype=bool))
     np.testing.assert_array_equal(episodes.env_step, np.cumsum(episodes.episode_length))
     assert collect.env_steps[0] == episodes.episode_length.sum()
+
+
+def test_step_batches_have_exactly_their_steps_and_carry_the_env_state_on() -> None:
+    """batch_unit=steps: every update holds exactly steps_per_update steps per acting seed;
+    an episode cut at a batch end continues in the next batch (no reset), and its statistics
+    are recorded once, whole, matching a replay of the segments on a fresh env."""
+    seeds, num_envs, steps = [2, 6], 2, 50
+    collect = collector("CartPole-v1", 500, seeds, num_envs, steps=steps)
+    batches = [collect.collect(np.array([True, True])) for _ in range(4)]
+    paused_batch, _ = collect.collect(np.array([True, False]))
+    assert paused_batch.valid.sum(dim=1).tolist() == [steps, 0]
+    for batch, _ in batches:
+        assert batch.valid.sum(dim=1).tolist() == [steps, steps]
+        assert batch.steps_per_env == steps // num_envs
+    assert collect.env_steps.tolist() == [5 * steps, 4 * steps]
+
+    for s, seed in enumerate(seeds):
+        replayed_in_seed = 0
+        for e in range(num_envs):
+            env = make_env("CartPole-v1", 500)
+            obs, _ = env.reset(seed=env_reset_seeds(seed, num_envs)[e])
+            total, length, replayed = 0.0, 0, []
+            block = slice(e * steps // num_envs, (e + 1) * steps // num_envs)
+            for batch, _ in batches:
+                for m in range(block.start, block.stop):
+                    np.testing.assert_allclose(batch.obs[s, m].numpy(), obs, atol=1e-6)
+                    obs, reward, terminated, truncated, _ = env.step(int(batch.actions[s, m]))
+                    total, length = total + reward, length + 1
+                    ended = terminated or truncated
+                    assert bool(batch.last[s, m]) == (ended or m == block.stop - 1)
+                    assert bool(batch.cut[s, m]) == (not ended and m == block.stop - 1)
+                    if ended:
+                        replayed.append((total, length))
+                        total, length = 0.0, 0
+                        obs, _ = env.reset()
+            recorded_all = [
+                (float(r), int(n))
+                for _, episodes in batches
+                for r, n, index in zip(
+                    episodes.episode_return,
+                    episodes.episode_length,
+                    episodes.seed_index,
+                    strict=True,
+                )
+                if index == s
+            ]
+            # Episodes of both sub-envs are interleaved in time; every replayed one is there.
+            for episode in replayed:
+                assert episode in recorded_all
+            replayed_in_seed += len(replayed)
+        assert len(recorded_all) == replayed_in_seed > 0  # whole episodes only, each once
+
+
+def test_step_segments_are_trajectories_with_ids_per_segment() -> None:
+    collect = collector("CartPole-v1", 500, [0], 1, steps=120)
+    batch, episodes = collect.collect(np.array([True]))
+    ids = batch.trajectory[0].numpy()
+    lengths = np.bincount(ids, minlength=120)
+    ended = int(batch.terminated[0].sum() + batch.truncated[0].sum())
+    assert (lengths > 0).sum() == ended + int(batch.cut[0].sum())  # segments = ends + cut
+    assert len(episodes.episode_length) == ended
+    # Whole episodes recorded in this batch are exactly the segments that ended.
+    assert sorted(episodes.episode_length.tolist()) == sorted(
+        int(lengths[i]) for i in np.unique(ids[batch.terminated[0].numpy()])
+    )

@@ -179,8 +179,46 @@ def test_smoke_sweep_then_report(tmp_path):
 def test_every_env_config_trains(tmp_path):
     envs = sorted(path.stem for path in (REPO / "conf" / "env").glob("*.yaml"))
     assert envs == ["acrobot", "cartpole", "hopper", "lunarlander", "mountaincar", "pendulum"]
-    bench_run(tmp_path, f"env={','.join(envs)}", "seeds=1", "total_steps=300",
-              "algo.episodes_per_update=1", "progress_interval_s=0", multirun=True)
+    bench_run(
+        tmp_path,
+        f"env={','.join(envs)}",
+        "seeds=1",
+        "total_steps=300",
+        "algo.episodes_per_update=1",
+        "progress_interval_s=0",
+        multirun=True,
+    )
     frame = pd.read_parquet(tmp_path / "default" / "data")
     assert sorted(frame.env.unique()) == envs
     assert frame[frame.kind == "update"].groupby("env").env_step.max().ge(300).all()
+
+
+def test_vpg_step_batches_end_to_end(tmp_path):
+    """algo=vpg: every update of every seed consumes exactly steps_per_update env steps; with
+    cut_episode=drop the loss uses the steps of whole segments only."""
+    bench_run(
+        tmp_path,
+        "algo=vpg",
+        "algo.steps_per_update=200",
+        "algo.num_envs=2",
+        "algo.cut_episode=bootstrap,drop",
+        "reduction=traj_mean",
+        "seeds=2",
+        "total_steps=1000",
+        "progress_interval_s=0",
+        multirun=True,
+    )
+    frame = pd.read_parquet(tmp_path / "default" / "data")
+    assert set(frame.algo) == {"vpg"} and set(frame["algo.cut_episode"]) == {"bootstrap", "drop"}
+    updates = frame[frame.kind == "update"]
+    assert (updates.env_step == 200 * (updates["update"] + 1)).all()
+    assert updates.groupby(["algo.cut_episode", "seed"]).size().eq(5).all()
+    by_rule = updates.groupby("algo.cut_episode").batch_steps
+    assert by_rule.max()["bootstrap"] == by_rule.min()["bootstrap"] == 200
+    assert by_rule.max()["drop"] < 200  # the two cut segments (one per sub-env) are left out
+    episodes = frame[frame.kind == "episode"]
+    assert (
+        episodes.groupby(["run_key", "seed"])
+        .episode.apply(lambda e: e.is_monotonic_increasing)
+        .all()
+    )

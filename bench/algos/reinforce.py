@@ -1,9 +1,13 @@
 """REINFORCE (Williams, 1992) for S seeds at once.
 
     for each update, per seed:
-        1. rollout:     run the policy until `episodes_per_update` whole episodes are done
+        1. rollout:     run the policy for `episodes_per_update` whole episodes
+                        (batch_unit=episodes) or exactly `steps_per_update` steps, cutting the
+                        episodes still running at the batch end (batch_unit=steps)
         2. advantages:  A_t = R_t - b_t, with R_t the total return R(tau) or the reward-to-go
-                        G_t, and b_t none, the batch mean of R_t, or a learned V(s_t)
+                        G_t of the trajectory (episode or cut segment; a cut segment's return is
+                        completed by `cut_episode`), and b_t none, the batch mean of R_t, or a
+                        learned V(s_t)
         3. loss:        l_t = -log pi(a_t|s_t) A_t - c_H H[pi(.|s_t)] + c_V (V(s_t) - R_t)^2 / 2
         4. update:      one gradient step on sum_t w_t l_t, w from the configured reduction
 
@@ -14,6 +18,7 @@ that has its episodes waiting for the others.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from functools import partial
 
 import numpy as np
@@ -26,15 +31,22 @@ from bench.advantages import (
     masked_mean,
     normalize,
     reward_to_go,
+    spread_over_trajectory,
 )
 from bench.config import Job, make_reduction
 from bench.envs import SeedEnvs, describe_env
 from bench.networks import Policy, ValueFunction
 from bench.optim import SeedOptimizer
 from bench.progress import ProgressLine
-from bench.rollout import Batch, EpisodeCollector
+from bench.rollout import Batch, EpisodeCollector, StepCollector
 from bench.seeding import SeedNoise
 from bench.store import RunRecorder
+
+
+def drop_cut_segments(batch: Batch) -> Batch:
+    """The batch without the steps of segments cut at the batch end (cut_episode=drop)."""
+    in_cut_segment = spread_over_trajectory(batch.cut, batch.trajectory)
+    return replace(batch, valid=batch.valid & ~in_cut_segment)
 
 
 def returns_and_advantages(
@@ -44,8 +56,19 @@ def returns_and_advantages(
     num_seeds, num_envs, steps = batch.valid.shape[0], batch.num_envs, batch.steps_per_env
     time_major = (num_seeds, num_envs, steps)
     valid = batch.valid
+    # Episodes that go on past a trajectory's last step: complete the return with V(s').
+    continues = torch.zeros_like(batch.cut)
+    if algo["cut_episode"] == "bootstrap":
+        continues |= batch.cut
+    if algo["truncation"] == "bootstrap":
+        continues |= batch.truncated
+    bootstrap = None
+    if continues.any():
+        with torch.no_grad():
+            bootstrap = torch.where(continues & valid, critic(batch.next_obs), 0.0)
+        bootstrap = bootstrap.view(time_major)
     rewards_to_go = reward_to_go(
-        batch.rewards.view(time_major), batch.last.view(time_major), algo["gamma"]
+        batch.rewards.view(time_major), batch.last.view(time_major), algo["gamma"], bootstrap
     ).reshape_as(batch.rewards)
     if algo["returns"] == "total":
         # G_0 of each episode is R(tau) = sum_t gamma^t r_t; every step of it gets that value.
@@ -114,9 +137,11 @@ def train(job: Job, recorder: RunRecorder, progress: ProgressLine) -> list[int]:
         parameters += list(critic.parameters())
     optimizer = SeedOptimizer(parameters, config["optim"], num_seeds, algo["max_grad_norm"])
     reduction = make_reduction(config)
-    collector = EpisodeCollector(
-        envs, policy, SeedNoise(job.seeds, device), algo["episodes_per_update"], device
-    )
+    noise = SeedNoise(job.seeds, device)
+    if algo["batch_unit"] == "episodes":
+        collector = EpisodeCollector(envs, policy, noise, algo["episodes_per_update"], device)
+    else:
+        collector = StepCollector(envs, policy, noise, algo["steps_per_update"], device)
     episodes_done = np.zeros(num_seeds, dtype=np.int64)
     updates_done = np.zeros(num_seeds, dtype=np.int64)
     diverged = np.zeros(num_seeds, dtype=bool)
@@ -127,8 +152,10 @@ def train(job: Job, recorder: RunRecorder, progress: ProgressLine) -> list[int]:
         if not acting.any():
             break
 
-        # 1. Rollout: whole episodes per acting seed, all with the current policy.
+        # 1. Rollout: whole episodes or a fixed number of steps per acting seed.
         batch, finished = collector.collect(acting)
+        if algo["cut_episode"] == "drop":
+            batch = drop_cut_segments(batch)
         wall_time = time.perf_counter() - start
         episode_index = _running_index(finished.seed_index, episodes_done)
         recorder.add_episodes(finished.seed_index, {
