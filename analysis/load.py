@@ -86,7 +86,8 @@ class Dataset:
       swept columns);
     - ``updates``: one row per gradient update (identity, common and update columns, then the
       swept columns);
-    - ``runs``: one row per file, with its metadata and identity and swept values;
+    - ``runs``: one row per file, with its metadata (``config``: the resolved config as a dict)
+      and its identity and swept values;
     - ``swept_columns``: the union of the files' swept columns, in first-seen order;
     - ``skipped``: the files left out and why.
     """
@@ -333,4 +334,5 @@ def _run_record(result: ResultFile, swept_columns: tuple[str, ...]) -> dict[str,
         "finished_at": metadata.get(schema.FINISHED_AT_KEY),
         "command": metadata.get(schema.COMMAND_KEY),
         "overrides": result.overrides,
+        "config": result.config,
     }

@@ -178,3 +178,21 @@ def curve_band(
         {"value": value, "low": low, "high": high, "n_seeds": data.shape[0]},
         index=curves.columns,
     )
+
+
+def steps_to_threshold(curves: pd.DataFrame, threshold: float) -> pd.Series:
+    """Per seed, the first grid env step at which its grid curve is at or above ``threshold``.
+
+    ``curves`` is the output of `returns_on_grid` (rows: seeds, columns: grid points); the scan
+    runs along axis 1 (env steps). A seed whose curve never reaches the threshold (including a
+    seed without any finished episode) is censored: its value is ``+inf``, meaning "not reached
+    within the run", never a made-up step count. Rank-based statistics treat ``+inf`` as worse
+    than every reached value and tied with the other censored seeds. Returns a Series indexed
+    like ``curves`` (axis: seeds).
+    """
+    reached = curves.to_numpy(dtype=float) >= threshold  # NaN compares False
+    first = np.argmax(reached, axis=1)
+    steps = curves.columns.to_numpy(dtype=float)[first]
+    return pd.Series(
+        np.where(reached.any(axis=1), steps, np.inf), index=curves.index, name="steps_to_threshold"
+    )

@@ -6,6 +6,7 @@ curves stay distinguishable in black and white.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import EngFormatter
+from matplotlib.ticker import EngFormatter, FuncFormatter, NullFormatter
 
 from bench.schema import REDUCTIONS
 
@@ -115,29 +116,17 @@ def plot_convergence(
                 axes[row, column].set_xlabel("environment steps")
             if column == 0:
                 axes[row, column].set_ylabel("episode return (undiscounted)")
-    handles = [
-        Line2D(
-            [],
-            [],
-            color=styles[reduction].color,
-            linestyle=styles[reduction].linestyle,
-            marker=styles[reduction].marker,
-            label=f"{reduction} ({seeds_label(_seed_counts(bands, reduction))})",
-        )
-        for reduction in reductions
-    ]
-    figure.legend(
-        handles=handles,
-        loc="outside lower center",
-        # Two legend columns per facet column keep the legend within the figure's width.
-        ncols=min(len(handles), 2 * len(algos)),
-        title="reduction",
-        frameon=False,
-    )
+    labels = {r: f"{r} ({seeds_label(_seed_counts(bands, r))})" for r in reductions}
+    _reduction_legend(figure, styles, labels, columns=2 * len(algos))
     figure.suptitle(
         f"{title}\nline: mean over seeds; band: {confidence:.0%} bootstrap CI over seeds",
         fontsize="medium",
     )
+    return save_figure(figure, path_stem)
+
+
+def save_figure(figure: Figure, path_stem: Path) -> list[Path]:
+    """Write ``<path_stem>.png`` and ``<path_stem>.pdf``; returns their paths."""
     path_stem.parent.mkdir(parents=True, exist_ok=True)
     # Not with_suffix: a stem such as "lr=0.0003" already has a dot.
     paths = [path_stem.parent / f"{path_stem.name}.{extension}" for extension in ("png", "pdf")]
@@ -187,3 +176,188 @@ def _draw_facet(axes: Axes, facet: pd.DataFrame, styles: dict[str, CurveStyle]) 
         axes.text(
             0.5, 0.5, "no finished episodes", ha="center", va="center", transform=axes.transAxes
         )
+
+
+def _reduction_legend(
+    figure: Figure, styles: dict[str, CurveStyle], labels: dict[str, str], columns: int
+) -> None:
+    """One legend entry (colour, line style and marker) per reduction, below the facets."""
+    handles = [
+        Line2D(
+            [],
+            [],
+            color=styles[reduction].color,
+            linestyle=styles[reduction].linestyle,
+            marker=styles[reduction].marker,
+            label=label,
+        )
+        for reduction, label in labels.items()
+    ]
+    figure.legend(
+        handles=handles,
+        loc="outside lower center",
+        # About two legend columns per facet column keep the legend within the figure's width.
+        ncols=max(1, min(len(handles), columns)),
+        title="reduction",
+        frameon=False,
+    )
+
+
+def _facet_grid(rows: int, columns: int, legend_inches: float = 1.4) -> tuple[Figure, np.ndarray]:
+    """A constrained-layout figure of ``rows`` x ``columns`` facets with room for a legend."""
+    width, height = FACET_SIZE_INCHES
+    figure = Figure(figsize=(width * columns, height * rows + legend_inches), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure, figure.subplots(rows, columns, squeeze=False)
+
+
+def plot_lr_sensitivity(
+    points: pd.DataFrame, metric_label: str, title: str, path_stem: Path
+) -> list[Path]:
+    """A metric against the learning rate (log x axis), one line per reduction.
+
+    ``points`` has one row per cell with columns ``row`` and ``column`` (facet labels, e.g. the
+    env and "algo · optim"), ``reduction``, ``lr``, ``value`` (the statistic over seeds),
+    ``low``, ``high`` (its CI) and ``n_seeds``. Error bars are the CIs; the reductions' points
+    are shifted slightly along x (at most 4% of the lr) so that the bars do not hide each other.
+    Writes PNG and PDF; returns their paths.
+    """
+    rows, columns = sorted(points["row"].unique()), sorted(points["column"].unique())
+    reductions = ordered_reductions(points["reduction"].unique())
+    styles = reduction_styles(reductions)
+    figure, axes = _facet_grid(len(rows), len(columns))
+    offsets = np.linspace(-0.008, 0.008, len(reductions)) if len(reductions) > 1 else [0.0]
+    for (i, row), (j, column) in itertools.product(enumerate(rows), enumerate(columns)):
+        ax = axes[i, j]
+        facet = points[(points["row"] == row) & (points["column"] == column)]
+        for reduction, offset in zip(reductions, offsets, strict=True):
+            line = facet[facet["reduction"] == reduction].sort_values("lr")
+            if line.empty:
+                continue
+            style = styles[reduction]
+            value = line["value"].to_numpy(dtype=float)
+            ax.errorbar(
+                line["lr"].to_numpy(dtype=float) * 10**offset,
+                value,
+                yerr=[value - line["low"].to_numpy(float), line["high"].to_numpy(float) - value],
+                color=style.color,
+                linestyle=style.linestyle,
+                marker=style.marker,
+                markersize=5,
+                capsize=3,
+                linewidth=1.5,
+            )
+        ax.set_xscale("log")
+        ax.set_xticks(sorted(facet["lr"].unique()))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.grid(True, which="major", alpha=0.3)
+        ax.set_title(f"{row} \u00b7 {column}", fontsize="medium")
+        ax.set_xlabel("learning rate (log scale)")
+        if j == 0:
+            ax.set_ylabel(metric_label)
+    labels = {
+        r: f"{r} ({seeds_label(points.loc[points['reduction'] == r, 'n_seeds'].astype(int))})"
+        for r in reductions
+    }
+    _reduction_legend(figure, styles, labels, columns=2 * len(columns))
+    figure.suptitle(title, fontsize="medium")
+    return save_figure(figure, path_stem)
+
+
+def plot_aggregate_intervals(intervals: pd.DataFrame, title: str, path_stem: Path) -> list[Path]:
+    """Aggregate scores with their CIs, rliable's interval plot.
+
+    ``intervals`` has one row per (group, statistic, reduction) with columns ``group`` (a facet
+    row label), ``statistic`` (a facet column, e.g. "IQM"), ``reduction``, ``value``, ``low`` and
+    ``high``. Each reduction is one marker with a horizontal CI bar on its own line of the y
+    axis. Writes PNG and PDF; returns their paths.
+    """
+    groups = sorted(intervals["group"].unique())
+    statistics = list(dict.fromkeys(intervals["statistic"]))
+    reductions = ordered_reductions(intervals["reduction"].unique())
+    styles = reduction_styles(reductions)
+    figure, axes = _facet_grid(len(groups), len(statistics), legend_inches=0.4)
+    for (i, group), (j, statistic) in itertools.product(enumerate(groups), enumerate(statistics)):
+        ax = axes[i, j]
+        facet = intervals[(intervals["group"] == group) & (intervals["statistic"] == statistic)]
+        for position, reduction in enumerate(reductions):
+            point = facet[facet["reduction"] == reduction]
+            if point.empty:
+                continue
+            style = styles[reduction]
+            value = float(point["value"].iloc[0])
+            ax.errorbar(
+                [value],
+                [position],
+                xerr=[
+                    [value - float(point["low"].iloc[0])],
+                    [float(point["high"].iloc[0]) - value],
+                ],
+                color=style.color,
+                marker=style.marker,
+                markersize=6,
+                capsize=4,
+                linewidth=2,
+            )
+        ax.set_yticks(range(len(reductions)), reductions)
+        ax.set_ylim(len(reductions) - 0.5, -0.5)
+        ax.grid(True, axis="x", alpha=0.3)
+        ax.set_title(f"{statistic}\n{group}", fontsize="medium")
+        ax.set_xlabel("normalised score")
+    figure.suptitle(title, fontsize="medium")
+    return save_figure(figure, path_stem)
+
+
+def plot_performance_profile(profiles: pd.DataFrame, title: str, path_stem: Path) -> list[Path]:
+    """Performance profiles: fraction of runs with normalised score above tau, against tau.
+
+    ``profiles`` has one row per (group, reduction, tau) with columns ``group`` (one facet
+    each), ``reduction``, ``tau``, ``value``, ``low``, ``high`` (the CI band) and ``n_runs``.
+    Writes PNG and PDF; returns their paths.
+    """
+    groups = sorted(profiles["group"].unique())
+    reductions = ordered_reductions(profiles["reduction"].unique())
+    styles = reduction_styles(reductions)
+    figure, axes = _facet_grid(1, len(groups))
+    for j, group in enumerate(groups):
+        ax = axes[0, j]
+        facet = profiles[profiles["group"] == group]
+        for reduction in reductions:
+            curve = facet[facet["reduction"] == reduction].sort_values("tau")
+            if curve.empty:
+                continue
+            style = styles[reduction]
+            tau = curve["tau"].to_numpy(dtype=float)
+            spacing = max(1, len(tau) // MARKERS_PER_CURVE)
+            ax.plot(
+                tau,
+                curve["value"].to_numpy(dtype=float),
+                color=style.color,
+                linestyle=style.linestyle,
+                marker=style.marker,
+                markevery=(int(style.marker_phase * spacing), spacing),
+                markersize=4,
+                linewidth=1.5,
+            )
+            ax.fill_between(
+                tau,
+                curve["low"].to_numpy(float),
+                curve["high"].to_numpy(float),
+                color=style.color,
+                alpha=0.15,
+                linewidth=0,
+            )
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(True, alpha=0.3)
+        ax.set_title(group, fontsize="medium")
+        ax.set_xlabel("normalised score \u03c4")
+        if j == 0:
+            ax.set_ylabel("fraction of runs with score > \u03c4")
+    labels = {
+        r: f"{r} ({int(profiles.loc[profiles['reduction'] == r, 'n_runs'].max())} runs)"
+        for r in reductions
+    }
+    _reduction_legend(figure, styles, labels, columns=2 * len(groups))
+    figure.suptitle(title, fontsize="medium")
+    return save_figure(figure, path_stem)

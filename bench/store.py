@@ -30,13 +30,24 @@ from bench import schema
 
 # Config keys that decide where results go or how fast a job runs, never what it computes.
 NON_RESULT_KEYS = ("seeds", "results_dir", "name", "threads", "progress_interval_s")
+# Nested config values that only the report reads (dotted paths); not part of the run key.
+ANALYSIS_ONLY_PATHS = ("env.reference_scores",)
 PACKAGES = ("torch", "numpy", "gymnasium", "hydra-core", "omegaconf", "pyarrow")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_key(resolved_config: Mapping[str, Any]) -> str:
-    """16 hex digits of SHA-256 over the resolved config minus `NON_RESULT_KEYS`."""
-    identity = {k: v for k, v in resolved_config.items() if k not in NON_RESULT_KEYS}
+    """16 hex digits of SHA-256 over the resolved config minus `NON_RESULT_KEYS` and
+    `ANALYSIS_ONLY_PATHS`: the values that decide what a job computes."""
+    identity = json.loads(json.dumps(
+        {k: v for k, v in resolved_config.items() if k not in NON_RESULT_KEYS}
+    ))
+    for path in ANALYSIS_ONLY_PATHS:
+        *parents, leaf = path.split(".")
+        node = identity
+        for parent in parents:
+            node = node.get(parent, {})
+        node.pop(leaf, None)
     text = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

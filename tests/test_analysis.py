@@ -356,7 +356,6 @@ def test_report_cli_end_to_end(tmp_path: Path) -> None:
     index = (report / "index.md").read_text()
     for expected in (
         "# Report: quick",
-        "Not in this report yet",
         "broken.parquet",
         "abc1234",
         "torch",
