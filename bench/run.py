@@ -18,12 +18,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from bench import store
-from bench.algos import reinforce
+from bench.algos import trainer
 from bench.config import ALGORITHMS, ConfigError, Job, make_job
 from bench.progress import ProgressLine
-
-# Implementation name (bench.config.ALGORITHMS' values) -> its training function.
-TRAINERS = {"reinforce": reinforce.train}
 
 
 def job_overrides() -> list[str]:
@@ -64,7 +61,7 @@ def run_job(config: dict[str, Any], overrides: list[str]) -> Path | None:
     recorder = store.RunRecorder(job.run_key, job.seeds, identity, job.swept)
     progress = ProgressLine(label, config["total_steps"], len(job.seeds),
                             config["progress_interval_s"])
-    diverged = TRAINERS[ALGORITHMS[config["algo"]["name"]]](job, recorder, progress)
+    diverged = trainer(ALGORITHMS[config["algo"]["name"]])(job, recorder, progress)
 
     path = store.result_path(results_dir, name, job.run_key, job.seeds)
     metadata = store.provenance(
