@@ -31,6 +31,34 @@ def reward_to_go(
     return returns
 
 
+def generalized_advantages(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    next_values: torch.Tensor,
+    terminated: torch.Tensor,
+    last: torch.Tensor,
+    gamma: float,
+    gae_lambda: float,
+) -> torch.Tensor:
+    """GAE(lambda) advantages along each trajectory, all tensors ``[S, E, T]``.
+
+    delta_t = r_t + gamma * (1 - terminated_t) * V(s'_t) - V(s_t), with s'_t the transition's
+    successor: at a time-limit truncation or a rollout cut, the observation where the episode
+    was stopped, so those bootstrap and only true terminations do not.
+    A_t = delta_t + gamma * lambda * (1 - last_t) * A_{t+1}: nothing flows across a
+    trajectory's end. lambda = 1 gives Monte Carlo returns minus V, lambda = 0 one-step TD.
+    """
+    not_terminal = (~terminated).to(rewards.dtype)
+    continues = (~last).to(rewards.dtype)
+    deltas = rewards + gamma * not_terminal * next_values - values
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[..., 0])
+    for t in reversed(range(rewards.shape[-1])):
+        running = deltas[..., t] + gamma * gae_lambda * continues[..., t] * running
+        advantages[..., t] = running
+    return advantages
+
+
 def first_steps(valid: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
     """Bool ``[S, E, T]``: the first valid step of each trajectory."""
     previous_last = torch.ones_like(last)

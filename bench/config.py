@@ -18,7 +18,8 @@ from bench.reductions import REDUCTIONS, Reduction
 from bench.store import NON_RESULT_KEYS, run_key
 
 # Algorithm name (the `algo` column) -> the implementation that trains it (bench/algos/).
-ALGORITHMS = {"reinforce": "reinforce", "vpg": "reinforce"}
+ALGORITHMS = {"reinforce": "reinforce", "vpg": "reinforce", "a2c": "a2c", "ppo": "ppo"}
+SCOPES = ("minibatch", "rollout")
 DEVICES = ("auto", "cpu", "cuda")
 # Hydra config groups: their choice is an identity column, not a swept column.
 GROUPS = ("algo", "env", "reduction", "optim", "experiment")
@@ -28,6 +29,10 @@ REINFORCE_CHOICES = {
     "batch_unit": ("episodes", "steps"),
     "cut_episode": ("bootstrap", "zero", "drop"),
     "truncation": ("end", "bootstrap"),
+}
+ACTOR_CRITIC_CHOICES = {
+    "minibatch_unit": ("steps", "segments"),
+    "normalize_advantages": ("none", "minibatch", "rollout"),
 }
 
 
@@ -92,7 +97,21 @@ def check_config(config: Mapping[str, Any]) -> None:
     _choice("env.action", env["action"], ("discrete", "continuous"))
     _number("env.max_episode_steps", env["max_episode_steps"], 0, integer=True, inclusive=False)
     make_reduction(config)
+    _choice("reduction.scope", config["reduction"]["scope"], SCOPES)
     _number("algo.num_envs", algo["num_envs"], 0, integer=True, inclusive=False)
+    gamma = algo["gamma"]
+    if not (isinstance(gamma, int | float) and 0.0 <= gamma <= 1.0):
+        raise ConfigError(f"algo.gamma must be in [0, 1], got {gamma!r}")
+    if algo["max_grad_norm"] is not None:
+        _number("algo.max_grad_norm", algo["max_grad_norm"], 0, integer=False, inclusive=False)
+    _choice("algo.network.activation", algo["network"]["activation"], ("tanh", "relu"))
+    if ALGORITHMS[algo["name"]] == "reinforce":
+        _check_reinforce(algo)
+    else:
+        _check_actor_critic(algo, config["reduction"]["scope"])
+
+
+def _check_reinforce(algo: Mapping[str, Any]) -> None:
     for key, choices in REINFORCE_CHOICES.items():
         _choice(f"algo.{key}", algo[key], choices)
     if algo["batch_unit"] == "episodes":
@@ -112,12 +131,31 @@ def check_config(config: Mapping[str, Any]) -> None:
                 f"algo.{key}=bootstrap needs a learned value function (algo.baseline=value), "
                 f"got algo.baseline={algo['baseline']!r}"
             )
-    gamma = algo["gamma"]
-    if not (isinstance(gamma, int | float) and 0.0 <= gamma <= 1.0):
-        raise ConfigError(f"algo.gamma must be in [0, 1], got {gamma!r}")
-    if algo["max_grad_norm"] is not None:
-        _number("algo.max_grad_norm", algo["max_grad_norm"], 0, integer=False, inclusive=False)
-    _choice("algo.network.activation", algo["network"]["activation"], ("tanh", "relu"))
+
+
+def _check_actor_critic(algo: Mapping[str, Any], scope: str) -> None:
+    for key, choices in ACTOR_CRITIC_CHOICES.items():
+        _choice(f"algo.{key}", algo[key], choices)
+    for key in ("rollout_steps", "num_minibatches", "update_epochs"):
+        _number(f"algo.{key}", algo[key], 0, integer=True, inclusive=False)
+    lam = algo["gae_lambda"]
+    if not (isinstance(lam, int | float) and 0.0 <= lam <= 1.0):
+        raise ConfigError(f"algo.gae_lambda must be in [0, 1], got {lam!r}")
+    rollout = algo["num_envs"] * algo["rollout_steps"]
+    if algo["num_minibatches"] > rollout:
+        raise ConfigError(
+            f"algo.num_minibatches ({algo['num_minibatches']}) exceeds the rollout's "
+            f"{rollout} steps (num_envs x rollout_steps)"
+        )
+    if algo["minibatch_unit"] == "steps" and rollout % algo["num_minibatches"]:
+        raise ConfigError(
+            f"the rollout's {rollout} steps (num_envs x rollout_steps) must split evenly into "
+            f"algo.num_minibatches={algo['num_minibatches']} (or use minibatch_unit=segments)"
+        )
+    if algo["name"] == "ppo":
+        _number("algo.clip_coef", algo["clip_coef"], 0, integer=False, inclusive=False)
+        if algo["target_kl"] is not None:
+            _number("algo.target_kl", algo["target_kl"], 0, integer=False, inclusive=False)
 
 
 def make_reduction(config: Mapping[str, Any]) -> Reduction:

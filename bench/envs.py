@@ -41,9 +41,46 @@ class EnvSpec:
     action_high: np.ndarray | None
 
 
-def make_env(gym_id: str, max_episode_steps: int, kwargs: dict | None = None) -> gym.Env:
-    """One gymnasium environment with the configured step limit."""
-    return gym.make(gym_id, max_episode_steps=max_episode_steps, **(kwargs or {}))
+@dataclass(frozen=True)
+class Normalization:
+    """Optional observation/reward normalisation wrappers, per sub-environment (so no
+    statistics cross seeds), as CleanRL's continuous-control PPO uses them: running mean/std
+    normalisation, then clipping to [-clip, clip]."""
+
+    observation: bool = False
+    reward: bool = False
+    gamma: float = 0.99  # discount of the return whose running std scales rewards
+    clip: float = 10.0
+
+
+class RawReward(gym.Wrapper):
+    """Puts the environment's own reward in ``info["raw_reward"]`` before any reward wrapper
+    changes it, so episode returns are always recorded in the environment's units."""
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return obs, reward, terminated, truncated, {**info, "raw_reward": float(reward)}
+
+
+def make_env(
+    gym_id: str,
+    max_episode_steps: int,
+    kwargs: dict | None = None,
+    normalization: Normalization = Normalization(),
+) -> gym.Env:
+    """One gymnasium environment with the configured step limit and normalisation wrappers."""
+    env = gym.make(gym_id, max_episode_steps=max_episode_steps, **(kwargs or {}))
+    if normalization.observation:
+        env = gym.wrappers.NormalizeObservation(env)
+        bound = normalization.clip
+        env = gym.wrappers.TransformObservation(
+            env, lambda obs: np.clip(obs, -bound, bound).astype(np.float32), env.observation_space
+        )
+    if normalization.reward:
+        env = RawReward(env)
+        env = gym.wrappers.NormalizeReward(env, gamma=normalization.gamma)
+        env = gym.wrappers.ClipReward(env, -normalization.clip, normalization.clip)
+    return env
 
 
 def describe_env(gym_id: str, max_episode_steps: int, kwargs: dict | None = None) -> EnvSpec:
@@ -72,9 +109,12 @@ class StepResult:
     ``is_transition`` is False for sub-envs of seeds that were not stepped; the other fields are
     meaningful only where it is True. ``next_obs`` is the transition's successor observation:
     for an episode that ended, its final observation (the env has already been reset).
+    ``reward`` is what the agent learns from (normalised if configured), ``raw_reward`` the
+    environment's own reward (episode statistics use it).
     """
 
     reward: np.ndarray
+    raw_reward: np.ndarray
     terminated: np.ndarray
     truncated: np.ndarray
     is_transition: np.ndarray
@@ -85,14 +125,24 @@ class SeedEnvs:
     """S x E gymnasium sub-environments; the current observations are ``obs [S, E, obs_dim]``."""
 
     def __init__(
-        self, spec: EnvSpec, seeds: Sequence[int], num_envs: int, kwargs: dict | None = None
+        self,
+        spec: EnvSpec,
+        seeds: Sequence[int],
+        num_envs: int,
+        kwargs: dict | None = None,
+        normalization: Normalization = Normalization(),
     ) -> None:
         self.spec = spec
         self.seeds = list(seeds)
         self.num_envs = num_envs
+        self.normalizes_reward = normalization.reward
+
+        def make() -> gym.Env:
+            return make_env(spec.gym_id, spec.max_episode_steps, kwargs, normalization)
+
         self.vector_envs = [
             SyncVectorEnv(
-                [lambda: make_env(spec.gym_id, spec.max_episode_steps, kwargs)] * num_envs,
+                [make] * num_envs,
                 autoreset_mode=AutoresetMode.SAME_STEP,
             )
             for _ in self.seeds
@@ -110,6 +160,7 @@ class SeedEnvs:
         shape = (len(self.seeds), self.num_envs)
         result = StepResult(
             reward=np.zeros(shape, dtype=np.float64),
+            raw_reward=np.zeros(shape, dtype=np.float64),
             terminated=np.zeros(shape, dtype=bool),
             truncated=np.zeros(shape, dtype=bool),
             is_transition=np.zeros(shape, dtype=bool),
@@ -124,10 +175,23 @@ class SeedEnvs:
             for e in np.flatnonzero(infos.get("_final_obs", ())):
                 result.next_obs[s, e] = infos["final_obs"][e]
             result.reward[s] = reward
+            result.raw_reward[s] = self._raw_rewards(infos, reward) if self.normalizes_reward \
+                else reward
             result.terminated[s] = terminated
             result.truncated[s] = truncated
             result.is_transition[s] = True
         return result
+
+    @staticmethod
+    def _raw_rewards(infos: dict, reward: np.ndarray) -> np.ndarray:
+        """The environments' own rewards from `RawReward`'s info; for a sub-env that ended,
+        gymnasium keeps the step's info under ``final_info`` (the reset's info replaces it)."""
+        raw = np.array(reward, dtype=np.float64)
+        for source in (infos, infos.get("final_info", {})):
+            if "raw_reward" in source:
+                present = source["_raw_reward"]
+                raw[present] = source["raw_reward"][present]
+        return raw
 
     def reset_envs(self, mask: np.ndarray) -> None:
         """Start a new episode now in the sub-envs where ``mask [S, E]`` is True.

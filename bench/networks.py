@@ -41,7 +41,8 @@ class SeedLinear(nn.Module):
 
 
 class SeedMLP(nn.Module):
-    """Seed-batched MLP: hidden SeedLinear layers with an activation, then a linear output."""
+    """Seed-batched MLP: hidden SeedLinear layers with an activation, then a linear output
+    (followed by the activation too when `output_activation`, for a shared torso)."""
 
     def __init__(
         self,
@@ -52,6 +53,7 @@ class SeedMLP(nn.Module):
         activation: str,
         output_gain: float,
         stream: str,
+        output_activation: bool = False,
     ) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
@@ -66,7 +68,7 @@ class SeedMLP(nn.Module):
             is_output = index == len(sizes) - 2
             layer.init_orthogonal(generators, gain=output_gain if is_output else math.sqrt(2))
             layers.append(layer)
-            if not is_output:
+            if not is_output or output_activation:
                 layers.append(ACTIVATIONS[activation]())
         self.layers = nn.Sequential(*layers)
 
@@ -145,3 +147,54 @@ class ValueFunction(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.body(obs).squeeze(-1)
+
+
+class ActorCritic(nn.Module):
+    """Seed-batched policy and value function for actor-critic methods.
+
+    ``shared=False``: two separate MLPs (CleanRL's PPO). ``shared=True``: one torso of
+    `hidden_sizes` whose features feed a linear policy head and a linear value head (the A2C
+    paper's and SB3's default for images; here optional for the MLP).
+    """
+
+    def __init__(
+        self,
+        seeds: Sequence[int],
+        obs_dim: int,
+        action_dim: int,
+        discrete: bool,
+        hidden_sizes: Sequence[int],
+        activation: str,
+        init_log_std: float,
+        shared: bool,
+    ) -> None:
+        super().__init__()
+        if shared:
+            features = hidden_sizes[-1]
+            self.torso: nn.Module = SeedMLP(
+                seeds, obs_dim, hidden_sizes[:-1], features, activation, output_gain=math.sqrt(2),
+                stream="torso_init", output_activation=True,
+            )
+            self.policy = Policy(seeds, features, action_dim, discrete, [], activation,
+                                 init_log_std)
+            self.value = ValueFunction(seeds, features, [], activation)
+        else:
+            self.torso = nn.Identity()
+            self.policy = Policy(seeds, obs_dim, action_dim, discrete, hidden_sizes, activation,
+                                 init_log_std)
+            self.value = ValueFunction(seeds, obs_dim, hidden_sizes, activation)
+
+    def sample(self, obs: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Actions and their log-probabilities from per-seed noise (see `Policy.sample`)."""
+        return self.policy.sample(self.torso(obs), noise)
+
+    def forward(
+        self, obs: torch.Tensor
+    ) -> tuple[torch.distributions.Distribution, torch.Tensor]:
+        """The action distribution and V(s) at ``obs [S, B, obs_dim]`` (one torso pass)."""
+        features = self.torso(obs)
+        return self.policy.distribution(features), self.value(features)
+
+    def values(self, obs: torch.Tensor) -> torch.Tensor:
+        """V(s) at ``obs [S, B, obs_dim]``: ``[S, B]``."""
+        return self.value(self.torso(obs))

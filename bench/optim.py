@@ -91,26 +91,55 @@ class SeedOptimizer:
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=False)
 
-    def step(self, reduced_loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def set_learning_rate(self, learning_rate: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate
+
+    def step(
+        self, reduced_loss: torch.Tensor, skip: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Clip and apply the accumulated gradients of the seeds that have not diverged.
 
         A seed whose loss or gradient is NaN/inf, or whose parameters would become so, is
-        marked diverged; its parameters stay at their last finite values for good.
+        marked diverged; its parameters stay at their last finite values for good. Seeds where
+        ``skip [S]`` is True (e.g. PPO's per-seed early stop) are not stepped: their parameters
+        and per-parameter optimiser state (moments, momentum) are kept as they were; the step
+        counter that Adam shares over its tensors still advances.
         Returns the per-seed gradient norm before clipping ``[S]`` and the seeds that
         diverged at this step (bool ``[S]``).
         """
         grad_norm = per_seed_grad_norm(self.params, self.num_seeds)
         newly_diverged = ~torch.isfinite(reduced_loss.cpu()) | ~torch.isfinite(grad_norm.cpu())
+        if skip is not None:
+            newly_diverged &= ~skip.cpu()
         if self.max_grad_norm is not None:
             clip_per_seed(self.params, grad_norm, self.max_grad_norm)
-        before = [param.detach().clone() for param in self.params]
+        before = [
+            {name: tensor.clone() for name, tensor in self._seed_tensors(param).items()}
+            for param in self.params
+        ]
         self.optimizer.step()
         newly_diverged |= nonfinite_per_seed(self.params, self.num_seeds).cpu()
+        if skip is not None:
+            newly_diverged &= ~skip.cpu()
         newly_diverged &= ~self.diverged
         self.diverged |= newly_diverged
-        frozen = self.diverged.to(self.params[0].device)
+        frozen = self.diverged | (skip.cpu() if skip is not None else False)
         if frozen.any():
+            frozen = frozen.to(self.params[0].device)
             with torch.no_grad():
-                for param, old in zip(self.params, before, strict=True):
-                    param[frozen] = old[frozen]
+                for param, saved in zip(self.params, before, strict=True):
+                    for name, current in self._seed_tensors(param).items():
+                        # State created by this step starts from zero (Adam/RMSprop moments).
+                        current[frozen] = saved[name][frozen] if name in saved else 0.0
         return grad_norm, newly_diverged
+
+    def _seed_tensors(self, param: torch.nn.Parameter) -> dict[str, torch.Tensor]:
+        """The parameter and its optimiser state tensors that carry the seed axis (live
+        tensors, by name); `step` saves clones of them to restore frozen seeds."""
+        state = self.optimizer.state.get(param, {})
+        tensors = {"param": param.data}
+        for name, value in state.items():
+            if torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == self.num_seeds:
+                tensors[name] = value
+        return tensors

@@ -49,8 +49,10 @@ class Reduction:
 
 
 def trajectory_lengths(valid: torch.Tensor, trajectory: torch.Tensor) -> torch.Tensor:
-    """Number of valid steps of each trajectory id, per seed: ``[S, M]`` (unused ids are 0)."""
-    counts = torch.zeros(valid.shape, dtype=torch.float64, device=valid.device)
+    """Number of valid steps of each trajectory id, per seed: ``[S, max id + 1]`` (unused ids
+    are 0). Ids may exceed the slot count, e.g. in a minibatch gathered from a rollout."""
+    num_ids = max(int(trajectory.max()) + 1, 1) if trajectory.numel() else 1
+    counts = torch.zeros((valid.shape[0], num_ids), dtype=torch.float64, device=valid.device)
     return counts.scatter_add_(1, trajectory, valid.to(torch.float64))
 
 
@@ -63,7 +65,7 @@ def step_weights(
     where not valid). A seed with no valid step gets all-zero weights.
     """
     valid_f = valid.to(torch.float64)
-    lengths_by_id = trajectory_lengths(valid, trajectory)  # [S, M] indexed by trajectory id
+    lengths_by_id = trajectory_lengths(valid, trajectory)  # [S, ids] indexed by trajectory id
     num_trajectories = (lengths_by_id > 0).sum(dim=1, keepdim=True).clamp(min=1)  # N, [S, 1]
     total_steps = valid_f.sum(dim=1, keepdim=True).clamp(min=1)  # sum_i T_i, [S, 1]
     own_length = torch.gather(lengths_by_id, 1, trajectory).clamp(min=1)  # T_i of each step

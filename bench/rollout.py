@@ -24,7 +24,7 @@ import torch
 
 from bench.envs import SeedEnvs, StepResult
 from bench.networks import Policy
-from bench.seeding import SeedNoise
+from bench.seeding import SeedNoise, torch_generators
 
 
 @dataclass
@@ -157,7 +157,7 @@ class _Collector:
         transition = step.is_transition
         self.env_steps += transition.sum(axis=1)
         self.mid_episode |= transition
-        self.running_return[transition] += step.reward[transition]
+        self.running_return[transition] += step.raw_reward[transition]
         self.running_length[transition] += 1
         ended = transition & (step.terminated | step.truncated)
         recorded = ended & record
@@ -306,3 +306,74 @@ class StepCollector(_Collector):
         cut = np.zeros((*shape, self.steps_per_env), dtype=bool)
         cut[:, :, -1] = acting[:, None] & self.mid_episode
         return self._to_batch(buffer, cut), self._to_episodes(finished)
+
+
+class MinibatchSampler:
+    """Per-seed shuffled minibatches of a batch's step slots, one epoch at a time.
+
+    ``unit="steps"``: each seed's slots are shuffled and cut into `num_minibatches` equal
+    parts (what SB3 and CleanRL do; a trajectory's steps scatter over minibatches).
+    ``unit="segments"``: each seed's trajectories (episodes or rollout segments) are shuffled
+    and minibatch k gets those that start in the k-th share of the shuffled steps, so every
+    minibatch holds whole trajectories and trajectory-level reductions see whole segments;
+    minibatch sizes then vary and are padded (``mask`` False).
+    Each seed shuffles with its own generator.
+    """
+
+    def __init__(self, seeds: list[int], num_minibatches: int, unit: str) -> None:
+        self.generators = torch_generators(seeds, "minibatches")
+        self.num_minibatches = num_minibatches
+        self.unit = unit
+
+    def epoch(
+        self, valid: torch.Tensor, trajectory: torch.Tensor
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Minibatches ``(index [S, K], mask [S, K])`` into the M slots; every valid slot of
+        every seed is in exactly one minibatch."""
+        num_seeds, num_slots = valid.shape
+        parts: list[list[np.ndarray]] = [[] for _ in range(self.num_minibatches)]
+        valid_np, trajectory_np = valid.cpu().numpy(), trajectory.cpu().numpy()
+        for s, generator in enumerate(self.generators):
+            order = torch.randperm(num_slots, generator=generator).numpy()
+            if self.unit == "steps":
+                chunks = np.array_split(order, self.num_minibatches)
+            else:
+                chunks = self._segment_chunks(order, valid_np[s], trajectory_np[s])
+            for k, chunk in enumerate(chunks):
+                parts[k].append(chunk[valid_np[s, chunk]])
+        minibatches = []
+        for per_seed in parts:
+            width = max(1, max(len(chunk) for chunk in per_seed))
+            index = np.zeros((num_seeds, width), dtype=np.int64)
+            mask = np.zeros((num_seeds, width), dtype=bool)
+            for s, chunk in enumerate(per_seed):
+                index[s, : len(chunk)] = np.sort(chunk)
+                mask[s, : len(chunk)] = True
+            minibatches.append((torch.as_tensor(index, device=valid.device),
+                                torch.as_tensor(mask, device=valid.device)))
+        return minibatches
+
+    def _segment_chunks(
+        self, order: np.ndarray, valid: np.ndarray, trajectory: np.ndarray
+    ) -> list[np.ndarray]:
+        """Whole trajectories per minibatch, in the shuffled order of their first slots."""
+        ids = trajectory[order][valid[order]]
+        if ids.size == 0:
+            return [np.zeros(0, dtype=np.int64)] * self.num_minibatches
+        _, first = np.unique(ids, return_index=True)
+        shuffled_ids = ids[np.sort(first)]
+        steps = np.array([np.sum(valid & (trajectory == i)) for i in shuffled_ids])
+        starts = np.concatenate([[0], np.cumsum(steps)[:-1]])
+        share = np.minimum(starts * self.num_minibatches // max(steps.sum(), 1),
+                           self.num_minibatches - 1)
+        slots = np.arange(len(valid))
+        return [
+            slots[valid & np.isin(trajectory, shuffled_ids[share == k])]
+            for k in range(self.num_minibatches)
+        ]
+
+
+def gather_slots(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``tensor [S, M, ...]`` at slots ``index [S, K]``: ``[S, K, ...]``."""
+    expanded = index.view(*index.shape, *([1] * (tensor.dim() - 2)))
+    return torch.gather(tensor, 1, expanded.expand(*index.shape, *tensor.shape[2:]))

@@ -14,7 +14,9 @@ import numpy as np
 import torch
 
 # One spawn key per purpose; never renumber (it would change every result).
-STREAMS = {"policy_init": 0, "actions": 1, "env": 2, "value_init": 3}
+STREAMS = {
+    "policy_init": 0, "actions": 1, "env": 2, "value_init": 3, "torso_init": 4, "minibatches": 5,
+}
 
 
 def stream_seed(seed: int, stream: str, words: int = 1) -> np.ndarray:

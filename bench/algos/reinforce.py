@@ -38,6 +38,7 @@ from bench.envs import SeedEnvs, describe_env
 from bench.networks import Policy, ValueFunction
 from bench.optim import SeedOptimizer
 from bench.progress import ProgressLine
+from bench.records import running_index, seed_rows
 from bench.rollout import Batch, EpisodeCollector, StepCollector
 from bench.seeding import SeedNoise
 from bench.store import RunRecorder
@@ -157,7 +158,7 @@ def train(job: Job, recorder: RunRecorder, progress: ProgressLine) -> list[int]:
         if algo["cut_episode"] == "drop":
             batch = drop_cut_segments(batch)
         wall_time = time.perf_counter() - start
-        episode_index = _running_index(finished.seed_index, episodes_done)
+        episode_index = running_index(finished.seed_index, episodes_done)
         recorder.add_episodes(finished.seed_index, {
             "episode": episode_index,
             "env_step": finished.env_step,
@@ -196,16 +197,16 @@ def train(job: Job, recorder: RunRecorder, progress: ProgressLine) -> list[int]:
         recorder.add_updates(seed_index, {
             "update": updates_done[seed_index],
             "env_step": collector.env_steps[seed_index],
-            "loss": _rows(loss, seed_index),
-            "policy_loss": _rows(masked_mean(terms["policy_loss"], valid), seed_index),
-            "value_loss": (_rows(masked_mean(value_loss, valid), seed_index)
+            "loss": seed_rows(loss, seed_index),
+            "policy_loss": seed_rows(masked_mean(terms["policy_loss"], valid), seed_index),
+            "value_loss": (seed_rows(masked_mean(value_loss, valid), seed_index)
                            if value_loss is not None else np.full(len(seed_index), np.nan)),
-            "entropy": _rows(masked_mean(terms["entropy"], valid), seed_index),
-            "approx_kl": _rows(approx_kl, seed_index),
-            "grad_norm": _rows(grad_norm, seed_index),
+            "entropy": seed_rows(masked_mean(terms["entropy"], valid), seed_index),
+            "approx_kl": seed_rows(approx_kl, seed_index),
+            "grad_norm": seed_rows(grad_norm, seed_index),
             "learning_rate": np.full(len(seed_index), optimizer.learning_rate),
-            "batch_steps": _rows(valid.sum(dim=1), seed_index).astype(np.int64),
-            "batch_trajectories": _rows(
+            "batch_steps": seed_rows(valid.sum(dim=1), seed_index).astype(np.int64),
+            "batch_trajectories": seed_rows(
                 (reductions.trajectory_lengths(valid, batch.trajectory) > 0).sum(dim=1),
                 seed_index,
             ).astype(np.int64),
@@ -218,17 +219,3 @@ def train(job: Job, recorder: RunRecorder, progress: ProgressLine) -> list[int]:
     envs.close()
     progress.update(collector.env_steps, 0, int(updates_done.max()), final=True)
     return [seed for seed, bad in zip(job.seeds, diverged, strict=True) if bad]
-
-
-def _rows(values: torch.Tensor, seed_index: np.ndarray) -> np.ndarray:
-    """Per-seed values ``[S]`` of the recorded seeds, as float64 numpy."""
-    return values.detach().cpu().numpy().astype(np.float64)[seed_index]
-
-
-def _running_index(seed_index: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Per-seed running index of new items (in order), advancing `counts` in place."""
-    index = np.empty(len(seed_index), dtype=np.int64)
-    for position, seed in enumerate(seed_index):
-        index[position] = counts[seed]
-        counts[seed] += 1
-    return index

@@ -1,0 +1,176 @@
+"""The actor-critic training loop that A2C and PPO share, for S seeds at once.
+
+    for each rollout (all seeds in lockstep, `num_envs` sub-envs per seed):
+        1. rollout:     `rollout_steps` steps of every sub-env with the current policy;
+                        trajectories are the segments cut by episode ends and the rollout end
+        2. advantages:  GAE(lambda) with the critic before the update; returns R = A + V;
+                        truncations and rollout cuts bootstrap from V(s'), terminations do not
+        3. epochs:      `update_epochs` passes over the rollout in `num_minibatches` shuffled
+                        minibatches (per seed); per minibatch:
+        4. loss:        the algorithm's per-step loss l_t (a2c.py or ppo.py)
+        5. update:      one gradient step on sum_t w_t l_t, w from the configured reduction,
+                        computed over the minibatch or once over the rollout (reduction.scope)
+
+`rollout_steps=1 num_envs=1` is the stepwise (online) actor-critic. Every gradient step is
+one row of the updates table.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from functools import partial
+
+import numpy as np
+import torch
+
+from bench import reductions
+from bench.advantages import generalized_advantages, masked_mean, normalize
+from bench.config import Job, make_reduction
+from bench.envs import Normalization, SeedEnvs, describe_env
+from bench.networks import ActorCritic
+from bench.optim import SeedOptimizer
+from bench.progress import ProgressLine
+from bench.records import running_index, seed_rows
+from bench.rollout import Batch, MinibatchSampler, StepCollector, gather_slots
+from bench.seeding import SeedNoise
+from bench.store import RunRecorder
+
+# step_losses(slots, *, net, minibatch, algo) -> per-step terms [S, len(slots)], with "loss".
+StepLosses = Callable[..., dict[str, torch.Tensor]]
+# Per-step tensors of a rollout that minibatches are gathered from.
+MINIBATCH_FIELDS = ("obs", "actions", "log_probs", "advantages", "returns", "values", "trajectory")
+
+
+def rollout_advantages(
+    batch: Batch, net: ActorCritic, algo: dict
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """GAE advantages, returns R = A + V and the critic's values V(s_t), ``[S, M]``."""
+    time_major = (batch.valid.shape[0], batch.num_envs, batch.steps_per_env)
+    with torch.no_grad():
+        values = net.values(batch.obs)
+        next_values = net.values(batch.next_obs)
+    advantages = generalized_advantages(
+        batch.rewards.view(time_major), values.view(time_major), next_values.view(time_major),
+        batch.terminated.view(time_major), batch.last.view(time_major),
+        algo["gamma"], algo["gae_lambda"],
+    ).reshape_as(values) * batch.valid
+    return advantages, (advantages + values) * batch.valid, values
+
+
+def train(job: Job, recorder: RunRecorder, progress: ProgressLine, step_losses: StepLosses
+          ) -> list[int]:
+    """Train every seed of `job` for `total_steps` env steps; returns the diverged seeds."""
+    config, algo, device = job.config, job.config["algo"], job.device
+    num_seeds, env_cfg, network = len(job.seeds), job.config["env"], algo["network"]
+    spec = describe_env(env_cfg["id"], env_cfg["max_episode_steps"], env_cfg["kwargs"])
+    normalization = Normalization(algo["normalize_observation"], algo["normalize_reward"],
+                                  algo["gamma"])
+    envs = SeedEnvs(spec, job.seeds, algo["num_envs"], env_cfg["kwargs"], normalization)
+    net = ActorCritic(
+        job.seeds, spec.obs_dim, spec.action_dim, spec.discrete, network["hidden_sizes"],
+        network["activation"], network["init_log_std"], algo["shared_network"],
+    ).to(device)
+    optimizer = SeedOptimizer(net.parameters(), config["optim"], num_seeds,
+                              algo["max_grad_norm"])
+    reduction, scope = make_reduction(config), config["reduction"]["scope"]
+    steps_per_rollout = algo["num_envs"] * algo["rollout_steps"]
+    collector = StepCollector(envs, net, SeedNoise(job.seeds, device), steps_per_rollout, device)
+    sampler = MinibatchSampler(job.seeds, algo["num_minibatches"], algo["minibatch_unit"])
+    num_rollouts = math.ceil(config["total_steps"] / steps_per_rollout)
+    base_lr = optimizer.learning_rate
+    episodes_done = np.zeros(num_seeds, dtype=np.int64)
+    updates_done = np.zeros(num_seeds, dtype=np.int64)
+    diverged = np.zeros(num_seeds, dtype=bool)
+    start = time.perf_counter()
+
+    for rollout_index in range(num_rollouts):
+        acting = ~diverged
+        if not acting.any():
+            break
+        if algo["anneal_lr"]:  # linearly to 0 over the run, as CleanRL
+            optimizer.set_learning_rate(base_lr * (1 - rollout_index / num_rollouts))
+
+        # 1. Rollout.
+        batch, finished = collector.collect(acting)
+        recorder.add_episodes(finished.seed_index, {
+            "episode": running_index(finished.seed_index, episodes_done),
+            "env_step": finished.env_step,
+            "episode_return": finished.episode_return,
+            "episode_length": finished.episode_length,
+            "terminated": finished.terminated,
+            "wall_time": np.full(len(finished.seed_index), time.perf_counter() - start),
+        })
+        progress.add_returns(finished.episode_return)
+
+        # 2. Advantages and returns with the critic before the update.
+        advantages, returns, values = rollout_advantages(batch, net, algo)
+        if algo["normalize_advantages"] == "rollout":
+            advantages = normalize(advantages, batch.valid)
+        rollout = {"obs": batch.obs, "actions": batch.actions, "log_probs": batch.log_probs,
+                   "advantages": advantages, "returns": returns, "values": values,
+                   "trajectory": batch.trajectory}
+        if scope == "rollout":
+            rollout_weights = reductions.step_weights(reduction, batch.valid, batch.trajectory)
+
+        # 3. Epochs of shuffled minibatches.
+        early_stopped = torch.zeros(num_seeds, dtype=torch.bool)
+        for _ in range(algo["update_epochs"]):
+            last_kl = torch.zeros(num_seeds, dtype=torch.float64)
+            for index, in_minibatch in sampler.epoch(batch.valid, batch.trajectory):
+                minibatch = {name: gather_slots(rollout[name], index) for name in rollout}
+                valid = in_minibatch & gather_slots(batch.valid, index)
+                if algo["normalize_advantages"] == "minibatch":
+                    minibatch["advantages"] = normalize(minibatch["advantages"], valid)
+                if scope == "rollout":
+                    weights = gather_slots(rollout_weights, index) * valid
+                else:
+                    weights = reductions.step_weights(reduction, valid, minibatch["trajectory"])
+
+                # 4-5. Loss and update: the reduction is the one call that backpropagates.
+                stepped = torch.as_tensor(acting) & ~early_stopped & valid.any(dim=1).cpu()
+                optimizer.zero_grad()
+                loss, terms = reductions.backward(
+                    reduction, partial(step_losses, net=net, minibatch=minibatch, algo=algo),
+                    weights,
+                )
+                grad_norm, newly_diverged = optimizer.step(loss, skip=~stepped)
+                last_kl = _approx_kl(net, minibatch, valid)
+                diverged |= newly_diverged.numpy()
+                seed_index = np.flatnonzero(stepped.numpy())
+                recorder.add_updates(seed_index, {
+                    "update": updates_done[seed_index],
+                    "env_step": collector.env_steps[seed_index],
+                    "loss": seed_rows(loss, seed_index),
+                    "policy_loss": seed_rows(masked_mean(terms["policy_loss"], valid), seed_index),
+                    "value_loss": seed_rows(masked_mean(terms["value_loss"], valid), seed_index),
+                    "entropy": seed_rows(masked_mean(terms["entropy"], valid), seed_index),
+                    "approx_kl": seed_rows(last_kl, seed_index),
+                    "clip_fraction": (seed_rows(masked_mean(terms["clipped"], valid), seed_index)
+                                      if "clipped" in terms else np.full(len(seed_index), np.nan)),
+                    "grad_norm": seed_rows(grad_norm, seed_index),
+                    "learning_rate": np.full(len(seed_index), optimizer.learning_rate),
+                    "batch_steps": seed_rows(valid.sum(dim=1), seed_index).astype(np.int64),
+                    "batch_trajectories": seed_rows(
+                        (reductions.trajectory_lengths(valid, minibatch["trajectory"]) > 0)
+                        .sum(dim=1), seed_index).astype(np.int64),
+                    "diverged": newly_diverged.numpy()[seed_index],
+                    "wall_time": np.full(len(seed_index), time.perf_counter() - start),
+                })
+                updates_done[seed_index] += 1
+            if algo.get("target_kl") is not None:  # PPO: a seed stops its epochs (per seed)
+                early_stopped |= last_kl.cpu() > algo["target_kl"]
+        progress.update(collector.env_steps, int(acting.sum()), int(updates_done.max()))
+
+    envs.close()
+    progress.update(collector.env_steps, 0, int(updates_done.max()), final=True)
+    return [seed for seed, bad in zip(job.seeds, diverged, strict=True) if bad]
+
+
+def _approx_kl(net: ActorCritic, minibatch: dict, valid: torch.Tensor) -> torch.Tensor:
+    """KL(rollout policy || current policy) on the minibatch (k3 estimator), per seed."""
+    with torch.no_grad():
+        dist, _ = net(minibatch["obs"])
+        log_ratio = dist.log_prob(minibatch["actions"]) - minibatch["log_probs"]
+        return masked_mean(log_ratio.exp() - 1 - log_ratio, valid).to(torch.float64)

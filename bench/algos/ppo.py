@@ -1,0 +1,46 @@
+"""PPO with the clipped surrogate (Schulman et al., 2017) for S seeds at once.
+
+    loop (bench/algos/actor_critic.py): rollout of `rollout_steps` x `num_envs`, GAE(lambda)
+    advantages, then `update_epochs` epochs of `num_minibatches` minibatches, one gradient
+    step on sum_t w_t l_t each, with r_t = pi(a_t|s_t) / pi_old(a_t|s_t) and
+
+        l_t = max(-A_t r_t, -A_t clip(r_t, 1 - eps, 1 + eps))
+              + c_V max((V - R_t)^2, (V_old + clip(V - V_old, -eps, eps) - R_t)^2) / 2
+              - c_H H[pi(.|s_t)]
+
+(the value term unclipped, (V - R_t)^2 / 2, when `clip_value_loss` is false), as in CleanRL's
+ppo.py. With `target_kl`, a seed whose KL on its last minibatch exceeds it stops its epochs
+for this rollout (CleanRL stops the whole batch; here each seed decides for itself).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+
+from bench.algos import actor_critic
+from bench.networks import ActorCritic
+
+
+def step_losses(
+    slots: slice, *, net: ActorCritic, minibatch: dict[str, torch.Tensor], algo: dict
+) -> dict[str, torch.Tensor]:
+    """PPO's per-step loss terms on the minibatch's step `slots`: ``[S, len(slots)]``."""
+    dist, values = net(minibatch["obs"][:, slots])
+    ratio = (dist.log_prob(minibatch["actions"][:, slots]) - minibatch["log_probs"][:, slots]).exp()
+    advantages, clip = minibatch["advantages"][:, slots], algo["clip_coef"]
+    policy_loss = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip, 1 + clip))
+    returns, old_values = minibatch["returns"][:, slots], minibatch["values"][:, slots]
+    value_loss = (values - returns).pow(2)
+    if algo["clip_value_loss"]:
+        clipped_values = old_values + (values - old_values).clamp(-clip, clip)
+        value_loss = torch.max(value_loss, (clipped_values - returns).pow(2))
+    value_loss = 0.5 * value_loss
+    entropy = dist.entropy()
+    loss = policy_loss + algo["value_coef"] * value_loss - algo["entropy_coef"] * entropy
+    return {"loss": loss, "policy_loss": policy_loss, "value_loss": value_loss,
+            "entropy": entropy, "clipped": ((ratio - 1).abs() > clip).to(ratio.dtype)}
+
+
+train = partial(actor_critic.train, step_losses=step_losses)
