@@ -7,10 +7,24 @@ PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.installed
 EXP         ?= quick
 RESULTS     ?= results
-# Parallel jobs of `make sweep` (Hydra's joblib launcher; one torch thread per job).
+# `make sweep EXP=<preset>` runs conf/experiment/<preset>.yaml or, when there is no such file,
+# every conf/experiment/<preset>_*.yaml in turn (EXP=seed_claims: one preset per claim).
+PRESETS      = $(or $(basename $(notdir $(wildcard conf/experiment/$(EXP).yaml))),\
+                    $(sort $(basename $(notdir $(wildcard conf/experiment/$(EXP)_*.yaml)))))
+# Seeds per job of `make sweep` (default: the preset's), e.g. SEEDS=3 for a trial run.
+SEEDS       ?=
+# Hydra launcher of `make sweep`: joblib (parallel local processes), submitit_local, or slurm
+# (conf/hydra/launcher/slurm.yaml; PARTITION=<name> picks the partition).
+LAUNCHER    ?= joblib
+# Parallel jobs of the joblib launcher (one torch thread per job).
 JOBS        ?= $(shell nproc 2>/dev/null || echo 2)
-# Extra Hydra overrides for `make sweep`, e.g. ARGS="seeds=2 total_steps=5000".
+PARTITION   ?=
+# Extra Hydra overrides for `make sweep`, e.g. ARGS="total_steps=5000 env=cartpole".
 ARGS        ?=
+SWEEP_ARGS   = $(strip results_dir=$(RESULTS) hydra/launcher=$(LAUNCHER) \
+               $(if $(filter joblib,$(LAUNCHER)),hydra.launcher.n_jobs=$(JOBS)) \
+               $(if $(and $(filter slurm,$(LAUNCHER)),$(PARTITION)),hydra.launcher.partition=$(PARTITION)) \
+               $(if $(SEEDS),seeds=$(SEEDS)) $(ARGS))
 
 .PHONY: setup test test-slow sweep report bench lint clean
 
@@ -27,12 +41,20 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
+# Every preset runs even if one has failed jobs; the exit status is non-zero if any had.
 sweep: $(STAMP)
-	$(PY) -m bench.run --multirun +experiment=$(EXP) results_dir=$(RESULTS) \
-		hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) $(ARGS)
+	@test -n "$(PRESETS)" || { echo "make sweep: unknown EXP=$(EXP); valid choices:" \
+		"$(sort $(basename $(notdir $(wildcard conf/experiment/*.yaml)))) seed_claims" >&2; exit 2; }
+	@status=0; for preset in $(PRESETS); do \
+		echo "$(PY) -m bench.run --multirun +experiment=$$preset" $(SWEEP_ARGS); \
+		$(PY) -m bench.run --multirun +experiment=$$preset $(SWEEP_ARGS) || status=1; \
+	done; exit $$status
+
+# Results names of EXP's presets (their `name:`; seed_claims_002_* share one), else EXP.
+REPORT_NAMES = $(or $(sort $(foreach preset,$(PRESETS),$(shell sed -n 's/^name: *//p' conf/experiment/$(preset).yaml))),$(EXP))
 
 report: $(STAMP)
-	$(PY) -m analysis.report $(RESULTS)/$(EXP)
+	@for name in $(REPORT_NAMES); do $(PY) -m analysis.report $(RESULTS)/$$name || exit 1; done
 
 bench: $(STAMP)
 	$(PY) -m bench.throughput --results-dir $(RESULTS)

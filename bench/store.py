@@ -170,10 +170,20 @@ class RunRecorder:
             arrays.append(array)
             fields.append(pa.field(name, arrow_type))
         for name, value in self.swept.items():
-            array = pa.array([value] * rows)
+            # Typed from the value itself, so a kind with no rows still has the column's type.
+            array = pa.array([value] * rows, type=pa.array([value]).type)
             arrays.append(array)
             fields.append(pa.field(name, array.type))
         return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+# Temporary files are dot-files (parquet readers and `completed_seeds` ignore them) named so.
+TEMPORARY_GLOB = ".*.tmp-*"
+
+
+def temporary_path(path: Path) -> Path:
+    """Where `path` is written before it is renamed into place (unique per process)."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
 def write_atomically(table: pa.Table, path: Path, file_metadata: Mapping[str, str]) -> None:
@@ -182,7 +192,7 @@ def write_atomically(table: pa.Table, path: Path, file_metadata: Mapping[str, st
     existing = table.schema.metadata or {}
     merged = {**existing, **{k.encode(): v.encode() for k, v in file_metadata.items()}}
     table = table.replace_schema_metadata(merged)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary = temporary_path(path)
     try:
         pq.write_table(table, temporary)
         with open(temporary, "rb") as handle:

@@ -50,7 +50,8 @@ def test_gae_on_a_hand_built_rollout() -> None:
 
     advantages = generalized_advantages(
         *(x.view(1, 1, 6) for x in (rewards, values, next_values, terminated, last)),
-        GAMMA, LAMBDA,
+        GAMMA,
+        LAMBDA,
     )
     torch.testing.assert_close(advantages.flatten(), torch.tensor(expected()))
     # Hand values for two entries, to pin the formula itself.
@@ -130,7 +131,8 @@ def test_rollout_scope_minibatch_gradients_sum_to_the_rollout_gradient(name, alg
     reduction = Reduction(name)
     rollout_weights = reductions.step_weights(reduction, valid, rollout["trajectory"])
     full = gradient_of(
-        net, partial(algorithm.step_losses, net=net, minibatch=rollout, algo=algo),
+        net,
+        partial(algorithm.step_losses, net=net, minibatch=rollout, algo=algo),
         rollout_weights,
     )
     summed = [torch.zeros_like(g) for g in full]
@@ -148,7 +150,9 @@ def test_rollout_scope_minibatch_gradients_sum_to_the_rollout_gradient(name, alg
 def test_minibatch_scope_weights_use_the_minibatch_only() -> None:
     _, rollout, valid = actor_critic_batch()
     index, mask = MinibatchSampler([0, 1, 2], 4, "steps").epoch(valid, rollout["trajectory"])[0]
-    weights = reductions.step_weights(Reduction("mean"), mask, gather_slots(rollout["trajectory"], index))
+    weights = reductions.step_weights(
+        Reduction("mean"), mask, gather_slots(rollout["trajectory"], index)
+    )
     torch.testing.assert_close(weights[0].sum(), torch.tensor(1.0, dtype=torch.float64))
 
 
