@@ -328,7 +328,8 @@ class MinibatchSampler:
     def epoch(
         self, valid: torch.Tensor, trajectory: torch.Tensor
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Minibatches ``(index [S, K], mask [S, K])`` into the M slots; every valid slot of
+        """Minibatches ``(index [S, K], mask [S, K])`` into the M slots: `mask` is True on the
+        minibatch's slots, which are all valid (False only on padding); every valid slot of
         every seed is in exactly one minibatch."""
         num_seeds, num_slots = valid.shape
         parts: list[list[np.ndarray]] = [[] for _ in range(self.num_minibatches)]

@@ -26,13 +26,13 @@ import numpy as np
 import torch
 
 from bench import reductions
-from bench.advantages import generalized_advantages, masked_mean, normalize
+from bench.advantages import generalized_advantages, normalize
 from bench.config import Job, make_reduction
 from bench.envs import Normalization, SeedEnvs, describe_env
 from bench.networks import ActorCritic
 from bench.optim import SeedOptimizer
 from bench.progress import ProgressLine
-from bench.records import running_index, seed_rows
+from bench.records import approx_kl, record_episodes, record_update
 from bench.rollout import Batch, MinibatchSampler, StepCollector, gather_slots
 from bench.seeding import SeedNoise
 from bench.store import RunRecorder
@@ -94,14 +94,7 @@ def train(job: Job, recorder: RunRecorder, progress: ProgressLine, step_losses: 
 
         # 1. Rollout.
         batch, finished = collector.collect(acting)
-        recorder.add_episodes(finished.seed_index, {
-            "episode": running_index(finished.seed_index, episodes_done),
-            "env_step": finished.env_step,
-            "episode_return": finished.episode_return,
-            "episode_length": finished.episode_length,
-            "terminated": finished.terminated,
-            "wall_time": np.full(len(finished.seed_index), time.perf_counter() - start),
-        })
+        record_episodes(recorder, finished, episodes_done, time.perf_counter() - start)
         progress.add_returns(finished.episode_return)
 
         # 2. Advantages and returns with the critic before the update.
@@ -117,10 +110,8 @@ def train(job: Job, recorder: RunRecorder, progress: ProgressLine, step_losses: 
         # 3. Epochs of shuffled minibatches.
         early_stopped = torch.zeros(num_seeds, dtype=torch.bool)
         for _ in range(algo["update_epochs"]):
-            last_kl = torch.zeros(num_seeds, dtype=torch.float64)
-            for index, in_minibatch in sampler.epoch(batch.valid, batch.trajectory):
+            for index, valid in sampler.epoch(batch.valid, batch.trajectory):
                 minibatch = {name: gather_slots(rollout[name], index) for name in rollout}
-                valid = in_minibatch & gather_slots(batch.valid, index)
                 if algo["normalize_advantages"] == "minibatch":
                     minibatch["advantages"] = normalize(minibatch["advantages"], valid)
                 if scope == "rollout":
@@ -136,29 +127,17 @@ def train(job: Job, recorder: RunRecorder, progress: ProgressLine, step_losses: 
                     weights,
                 )
                 grad_norm, newly_diverged = optimizer.step(loss, skip=~stepped)
-                last_kl = _approx_kl(net, minibatch, valid)
+                with torch.no_grad():
+                    dist, _ = net(minibatch["obs"])
+                    last_kl = approx_kl(dist.log_prob(minibatch["actions"]),
+                                        minibatch["log_probs"], valid)
                 diverged |= newly_diverged.numpy()
-                seed_index = np.flatnonzero(stepped.numpy())
-                recorder.add_updates(seed_index, {
-                    "update": updates_done[seed_index],
-                    "env_step": collector.env_steps[seed_index],
-                    "loss": seed_rows(loss, seed_index),
-                    "policy_loss": seed_rows(masked_mean(terms["policy_loss"], valid), seed_index),
-                    "value_loss": seed_rows(masked_mean(terms["value_loss"], valid), seed_index),
-                    "entropy": seed_rows(masked_mean(terms["entropy"], valid), seed_index),
-                    "approx_kl": seed_rows(last_kl, seed_index),
-                    "clip_fraction": (seed_rows(masked_mean(terms["clipped"], valid), seed_index)
-                                      if "clipped" in terms else np.full(len(seed_index), np.nan)),
-                    "grad_norm": seed_rows(grad_norm, seed_index),
-                    "learning_rate": np.full(len(seed_index), optimizer.learning_rate),
-                    "batch_steps": seed_rows(valid.sum(dim=1), seed_index).astype(np.int64),
-                    "batch_trajectories": seed_rows(
-                        (reductions.trajectory_lengths(valid, minibatch["trajectory"]) > 0)
-                        .sum(dim=1), seed_index).astype(np.int64),
-                    "diverged": newly_diverged.numpy()[seed_index],
-                    "wall_time": np.full(len(seed_index), time.perf_counter() - start),
-                })
-                updates_done[seed_index] += 1
+                record_update(
+                    recorder, np.flatnonzero(stepped.numpy()), updates_done,
+                    collector.env_steps, loss, terms, valid, minibatch["trajectory"], last_kl,
+                    grad_norm, optimizer.learning_rate, newly_diverged.numpy(),
+                    time.perf_counter() - start,
+                )
             if algo.get("target_kl") is not None:  # PPO: a seed stops its epochs (per seed)
                 early_stopped |= last_kl.cpu() > algo["target_kl"]
         progress.update(collector.env_steps, int(acting.sum()), int(updates_done.max()))
@@ -166,11 +145,3 @@ def train(job: Job, recorder: RunRecorder, progress: ProgressLine, step_losses: 
     envs.close()
     progress.update(collector.env_steps, 0, int(updates_done.max()), final=True)
     return [seed for seed, bad in zip(job.seeds, diverged, strict=True) if bad]
-
-
-def _approx_kl(net: ActorCritic, minibatch: dict, valid: torch.Tensor) -> torch.Tensor:
-    """KL(rollout policy || current policy) on the minibatch (k3 estimator), per seed."""
-    with torch.no_grad():
-        dist, _ = net(minibatch["obs"])
-        log_ratio = dist.log_prob(minibatch["actions"]) - minibatch["log_probs"]
-        return masked_mean(log_ratio.exp() - 1 - log_ratio, valid).to(torch.float64)

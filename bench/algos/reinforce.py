@@ -38,7 +38,7 @@ from bench.envs import SeedEnvs, describe_env
 from bench.networks import Policy, ValueFunction
 from bench.optim import SeedOptimizer
 from bench.progress import ProgressLine
-from bench.records import running_index, seed_rows
+from bench.records import approx_kl, record_episodes, record_update
 from bench.rollout import Batch, EpisodeCollector, StepCollector
 from bench.seeding import SeedNoise
 from bench.store import RunRecorder
@@ -157,16 +157,7 @@ def train(job: Job, recorder: RunRecorder, progress: ProgressLine) -> list[int]:
         batch, finished = collector.collect(acting)
         if algo["cut_episode"] == "drop":
             batch = drop_cut_segments(batch)
-        wall_time = time.perf_counter() - start
-        episode_index = running_index(finished.seed_index, episodes_done)
-        recorder.add_episodes(finished.seed_index, {
-            "episode": episode_index,
-            "env_step": finished.env_step,
-            "episode_return": finished.episode_return,
-            "episode_length": finished.episode_length,
-            "terminated": finished.terminated,
-            "wall_time": np.full(len(episode_index), wall_time),
-        })
+        record_episodes(recorder, finished, episodes_done, time.perf_counter() - start)
         progress.add_returns(finished.episode_return)
 
         # 2. Returns and advantages.
@@ -184,36 +175,16 @@ def train(job: Job, recorder: RunRecorder, progress: ProgressLine) -> list[int]:
         loss, terms = reductions.backward(reduction, step_losses, weights)
         grad_norm, newly_diverged = optimizer.step(loss)
 
-        # 5. Record: one row per acting seed.
+        # 5. Record: one row per acting seed, with the KL of the step on the batch.
         with torch.no_grad():
             new_log_probs = policy.distribution(batch.obs).log_prob(batch.actions)
-            log_ratio = new_log_probs - batch.log_probs
-            approx_kl = masked_mean(log_ratio.exp() - 1 - log_ratio, batch.valid)
         newly_diverged = newly_diverged.numpy() & acting
         diverged |= newly_diverged
-        seed_index = np.flatnonzero(acting)
-        valid = batch.valid
-        value_loss = terms.get("value_loss")
-        recorder.add_updates(seed_index, {
-            "update": updates_done[seed_index],
-            "env_step": collector.env_steps[seed_index],
-            "loss": seed_rows(loss, seed_index),
-            "policy_loss": seed_rows(masked_mean(terms["policy_loss"], valid), seed_index),
-            "value_loss": (seed_rows(masked_mean(value_loss, valid), seed_index)
-                           if value_loss is not None else np.full(len(seed_index), np.nan)),
-            "entropy": seed_rows(masked_mean(terms["entropy"], valid), seed_index),
-            "approx_kl": seed_rows(approx_kl, seed_index),
-            "grad_norm": seed_rows(grad_norm, seed_index),
-            "learning_rate": np.full(len(seed_index), optimizer.learning_rate),
-            "batch_steps": seed_rows(valid.sum(dim=1), seed_index).astype(np.int64),
-            "batch_trajectories": seed_rows(
-                (reductions.trajectory_lengths(valid, batch.trajectory) > 0).sum(dim=1),
-                seed_index,
-            ).astype(np.int64),
-            "diverged": newly_diverged[seed_index],
-            "wall_time": np.full(len(seed_index), time.perf_counter() - start),
-        })
-        updates_done[seed_index] += 1
+        record_update(
+            recorder, np.flatnonzero(acting), updates_done, collector.env_steps, loss, terms,
+            batch.valid, batch.trajectory, approx_kl(new_log_probs, batch.log_probs, batch.valid),
+            grad_norm, optimizer.learning_rate, newly_diverged, time.perf_counter() - start,
+        )
         progress.update(collector.env_steps, int(acting.sum()), int(updates_done.max()))
 
     envs.close()
