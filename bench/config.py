@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from bench.envs import check_backend
 from bench.optim import OPTIMIZERS
 from bench.reductions import REDUCTIONS, Reduction
 from bench.store import NON_RESULT_KEYS, run_key
@@ -95,6 +96,10 @@ def check_config(config: Mapping[str, Any]) -> None:
     _number("threads", config["threads"], 0, integer=True, inclusive=False)
     _number("optim.lr", optim["lr"], 0, integer=False, inclusive=False)
     _choice("env.action", env["action"], ("discrete", "continuous"))
+    try:
+        check_backend(env)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     _number("env.max_episode_steps", env["max_episode_steps"], 0, integer=True, inclusive=False)
     make_reduction(config)
     _choice("reduction.scope", config["reduction"]["scope"], SCOPES)

@@ -195,6 +195,10 @@ class ActorCritic(nn.Module):
         features = self.torso(obs)
         return self.policy.distribution(features), self.value(features)
 
+    def distribution(self, obs: torch.Tensor) -> torch.distributions.Distribution:
+        """The action distribution alone at ``obs [S, B, obs_dim]``."""
+        return self.policy.distribution(self.torso(obs))
+
     def values(self, obs: torch.Tensor) -> torch.Tensor:
         """V(s) at ``obs [S, B, obs_dim]``: ``[S, B]``."""
         return self.value(self.torso(obs))

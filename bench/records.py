@@ -11,11 +11,6 @@ from bench.rollout import FinishedEpisodes
 from bench.store import RunRecorder
 
 
-def seed_rows(values: torch.Tensor, seed_index: np.ndarray) -> np.ndarray:
-    """Per-seed values ``[S]`` of the recorded seeds (`seed_index`), as float64 numpy."""
-    return values.detach().cpu().numpy().astype(np.float64)[seed_index]
-
-
 def running_index(seed_index: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Per-seed running index of new items (in order), advancing `counts [S]` in place."""
     index = np.empty(len(seed_index), dtype=np.int64)
@@ -49,45 +44,76 @@ def record_episodes(
     })
 
 
-def record_update(
-    recorder: RunRecorder,
-    seed_index: np.ndarray,
-    updates_done: np.ndarray,
-    env_steps: np.ndarray,
-    loss: torch.Tensor,
-    terms: dict[str, torch.Tensor],
-    valid: torch.Tensor,
-    trajectory: torch.Tensor,
-    kl: torch.Tensor,
-    grad_norm: torch.Tensor,
-    learning_rate: float,
-    newly_diverged: np.ndarray,
-    wall_time: float,
-) -> None:
-    """One update row per seed in `seed_index` for a gradient step on the steps `valid`
-    ``[S, M]``; advances `updates_done`. Per-step terms are averaged over valid steps
-    (unweighted); a missing ``value_loss`` or ``clipped`` term gives a null column."""
-    def term_mean(name: str) -> np.ndarray:
-        if name not in terms:
-            return np.full(len(seed_index), np.nan)
-        return seed_rows(masked_mean(terms[name], valid), seed_index)
+# Per-step loss terms whose unweighted mean over the minibatch is an update column (a term an
+# algorithm does not have gives a null column).
+TERM_COLUMNS = {"policy_loss": "policy_loss", "value_loss": "value_loss", "entropy": "entropy",
+                "clipped": "clip_fraction"}
+# Per-seed values of a gradient step, stacked in this order on the device.
+_STEP_VALUES = ("stepped", "loss", *TERM_COLUMNS.values(), "approx_kl", "grad_norm",
+                "batch_steps", "batch_trajectories", "diverged")
 
-    recorder.add_updates(seed_index, {
-        "update": updates_done[seed_index],
-        "env_step": env_steps[seed_index],
-        "loss": seed_rows(loss, seed_index),
-        "policy_loss": term_mean("policy_loss"),
-        "value_loss": term_mean("value_loss"),
-        "entropy": term_mean("entropy"),
-        "approx_kl": seed_rows(kl, seed_index),
-        "clip_fraction": term_mean("clipped"),
-        "grad_norm": seed_rows(grad_norm, seed_index),
-        "learning_rate": np.full(len(seed_index), learning_rate),
-        "batch_steps": seed_rows(valid.sum(dim=1), seed_index).astype(np.int64),
-        "batch_trajectories": seed_rows(
-            (trajectory_lengths(valid, trajectory) > 0).sum(dim=1), seed_index
-        ).astype(np.int64),
-        "diverged": newly_diverged[seed_index],
-        "wall_time": np.full(len(seed_index), wall_time),
-    })
-    updates_done[seed_index] += 1
+
+class UpdateRows:
+    """Update rows of gradient steps, kept on the device as they are taken and written to the
+    recorder in one transfer (`flush`), so a gradient step never waits for the host."""
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[torch.Tensor, float, np.ndarray, float]] = []
+
+    def add(
+        self,
+        stepped: torch.Tensor,
+        loss: torch.Tensor,
+        terms: dict[str, torch.Tensor],
+        valid: torch.Tensor,
+        trajectory: torch.Tensor,
+        kl: torch.Tensor,
+        grad_norm: torch.Tensor,
+        newly_diverged: torch.Tensor,
+        learning_rate: float,
+        env_steps: np.ndarray,
+        wall_time: float,
+    ) -> None:
+        """One gradient step on the steps `valid` ``[S, K]``: a row for each seed where
+        ``stepped [S]``. Per-step terms are averaged over valid steps (unweighted)."""
+        nan = torch.full_like(grad_norm, float("nan"))
+        values = {
+            "stepped": stepped, "loss": loss, "approx_kl": kl, "grad_norm": grad_norm,
+            "batch_steps": valid.sum(dim=1),
+            "batch_trajectories": (trajectory_lengths(valid, trajectory) > 0).sum(dim=1),
+            "diverged": newly_diverged,
+        }
+        for term, column in TERM_COLUMNS.items():
+            values[column] = masked_mean(terms[term], valid) if term in terms else nan
+        stacked = torch.stack([values[name].detach().to(torch.float64)
+                               for name in _STEP_VALUES])
+        self._pending.append((stacked, learning_rate, env_steps.copy(), wall_time))
+
+    def flush(self, recorder: RunRecorder, updates_done: np.ndarray) -> np.ndarray:
+        """Write the pending rows (advancing the per-seed `updates_done`); returns the seeds
+        that diverged in them (bool ``[S]``)."""
+        if not self._pending:
+            return np.zeros(len(updates_done), dtype=bool)
+        table = torch.stack([values for values, *_ in self._pending]).cpu().numpy()
+        diverged = np.zeros(len(updates_done), dtype=bool)
+        for step_values, (_, learning_rate, env_steps, wall_time) in zip(
+            table, self._pending, strict=True
+        ):
+            row = dict(zip(_STEP_VALUES, step_values, strict=True))
+            seed_index = np.flatnonzero(row["stepped"])
+            newly_diverged = row["diverged"][seed_index] > 0
+            diverged[seed_index[newly_diverged]] = True
+            recorder.add_updates(seed_index, {
+                "update": updates_done[seed_index],
+                "env_step": env_steps[seed_index],
+                **{name: row[name][seed_index] for name in
+                   ("loss", *TERM_COLUMNS.values(), "approx_kl", "grad_norm")},
+                "learning_rate": np.full(len(seed_index), learning_rate),
+                "batch_steps": row["batch_steps"][seed_index].astype(np.int64),
+                "batch_trajectories": row["batch_trajectories"][seed_index].astype(np.int64),
+                "diverged": newly_diverged,
+                "wall_time": np.full(len(seed_index), wall_time),
+            })
+            updates_done[seed_index] += 1
+        self._pending.clear()
+        return diverged

@@ -1,4 +1,4 @@
-"""Rollout storage and batch collection, per seed and in lockstep.
+"""Rollout storage and batch collection, per seed and in lockstep, on the job's device.
 
 A `Batch` holds, for every seed, M = E * T step slots laid out sub-env-major (slot
 ``m = e * T + t``), so each trajectory's steps are contiguous and ``view(S, E, T)`` recovers
@@ -13,6 +13,11 @@ Two ways to fill a batch (``algo.batch_unit``):
 
 Episode statistics (`FinishedEpisodes`) are always of whole episodes: an episode that spans
 two step batches is recorded once, when it ends.
+
+Collection is tensor code on the device end to end: each step's tensors are kept as they are
+and stacked once at the end of the collection, and the only transfers to the host are one
+per collection (episode statistics and step counts), plus, for whole episodes, one scalar per
+step (whether any seed still needs episodes).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import torch
 
 from bench.envs import SeedEnvs, StepResult
 from bench.networks import Policy
-from bench.seeding import SeedNoise, torch_generators
+from bench.seeding import CounterStreams, SeedNoise
 
 
 @dataclass
@@ -52,7 +57,8 @@ class Batch:
 
 @dataclass
 class FinishedEpisodes:
-    """Whole episodes that finished during a collection (one entry each)."""
+    """Whole episodes that finished during a collection (one entry each), in the order they
+    ended within each seed."""
 
     seed_index: np.ndarray  # index into the job's seed list
     env_step: np.ndarray  # the seed's env-step count when the episode ended
@@ -61,135 +67,106 @@ class FinishedEpisodes:
     terminated: np.ndarray
 
 
-class _SlotBuffer:
-    """Growable numpy storage ``[S, E, capacity, ...]`` written at per-sub-env positions."""
-
-    def __init__(self, shape: tuple[int, int], fields: dict[str, tuple[tuple[int, ...], type]]):
-        self.shape = shape
-        self.capacity = 64
-        self.data = {
-            name: np.zeros((*shape, self.capacity, *trailing), dtype=dtype)
-            for name, (trailing, dtype) in fields.items()
-        }
-        self.position = np.zeros(shape, dtype=np.int64)
-
-    def append(self, where: np.ndarray, values: dict[str, np.ndarray]) -> None:
-        """Append ``values[name][where]`` at each selected sub-env's next position."""
-        seed_index, env_index = np.nonzero(where)
-        if seed_index.size == 0:
-            return
-        slot = self.position[seed_index, env_index]
-        if slot.max() >= self.capacity:
-            self._grow()
-        for name, value in values.items():
-            self.data[name][seed_index, env_index, slot] = value[seed_index, env_index]
-        self.position[seed_index, env_index] += 1
-
-    def _grow(self) -> None:
-        for name, array in self.data.items():
-            grown = np.zeros((*self.shape, 2 * self.capacity, *array.shape[3:]), array.dtype)
-            grown[:, :, : self.capacity] = array
-            self.data[name] = grown
-        self.capacity *= 2
-
-
 class _Collector:
     """What both collectors share: acting with per-seed noise, stepping, episode statistics.
 
-    ``env_steps[s]`` counts every transition seed s took. Running episode returns and lengths
-    persist across collections, so an episode is recorded whole when it ends.
+    ``env_steps[s]`` (host copy, updated at the end of each collection) counts every
+    transition seed s took. Running episode returns and lengths persist across collections,
+    so an episode is recorded whole when it ends.
     """
 
     def __init__(
         self, envs: SeedEnvs, policy: Policy, noise: SeedNoise, device: torch.device
     ) -> None:
-        shape = (len(envs.seeds), envs.num_envs)
+        self.shape = (len(envs.seeds), envs.num_envs)
         self.envs, self.policy, self.noise, self.device = envs, policy, noise, device
-        self.env_steps = np.zeros(shape[0], dtype=np.int64)
-        self.mid_episode = np.zeros(shape, dtype=bool)
-        self.running_return = np.zeros(shape, dtype=np.float64)
-        self.running_length = np.zeros(shape, dtype=np.int64)
+        self.env_steps = np.zeros(self.shape[0], dtype=np.int64)
+        self._env_steps = torch.zeros(self.shape[0], dtype=torch.int64, device=device)
+        self.mid_episode = torch.zeros(self.shape, dtype=torch.bool, device=device)
+        self.running_return = torch.zeros(self.shape, dtype=torch.float64, device=device)
+        self.running_length = torch.zeros(self.shape, dtype=torch.int64, device=device)
 
-    def _new_buffer(self) -> _SlotBuffer:
+    def _draw_noise(self, drawing: torch.Tensor, draws: int) -> torch.Tensor:
+        """Action noise for `draws` steps of every sub-env: ``[S, draws, E(, action_dim)]``."""
         spec = self.envs.spec
-        action_shape = () if spec.discrete else (spec.action_dim,)
-        return _SlotBuffer((len(self.envs.seeds), self.envs.num_envs), {
-            "obs": ((spec.obs_dim,), np.float32),
-            "next_obs": ((spec.obs_dim,), np.float32),
-            "actions": (action_shape, np.int64 if spec.discrete else np.float32),
-            "log_probs": ((), np.float32),
-            "rewards": ((), np.float32),
-            "trajectory_in_env": ((), np.int64),
-            "last": ((), bool),
-            "terminated": ((), bool),
-            "truncated": ((), bool),
-        })
-
-    def _act_and_step(self, stepped: np.ndarray) -> tuple[dict[str, np.ndarray], StepResult]:
-        """Sample actions for every sub-env of the seeds where ``stepped [S]`` is True and step
-        them. Returns the transition's fields (``[S, E, ...]``) and the step result."""
-        envs, spec = self.envs, self.envs.spec
-        obs = envs.obs.copy()
         if spec.discrete:
-            noise = self.noise.uniform((envs.num_envs,), stepped)
-        else:
-            noise = self.noise.normal((envs.num_envs, spec.action_dim), stepped)
-        actions, log_probs = self.policy.sample(torch.as_tensor(obs, device=self.device), noise)
-        actions, log_probs = actions.cpu().numpy(), log_probs.cpu().numpy()
-        step = envs.step(actions, np.flatnonzero(stepped))
+            return self.noise.uniform((self.envs.num_envs,), drawing, draws)
+        return self.noise.normal((self.envs.num_envs, spec.action_dim), drawing, draws)
+
+    def _act_and_step(
+        self, stepped: torch.Tensor, noise: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], StepResult]:
+        """Sample actions for every sub-env from ``noise [S, E(, action_dim)]``, step the seeds
+        where ``stepped [S]`` is True, and advance step counts and running episode statistics.
+        Returns the transition's per-sub-env fields (``[S, E, ...]``) and the step result."""
+        obs = self.envs.obs
+        actions, log_probs = self.policy.sample(obs, noise)
+        step = self.envs.step(actions, stepped)
+        transition = step.is_transition
+        # Out of place: the previous steps' fields hold the old tensors.
+        self._env_steps = self._env_steps + transition.sum(dim=1)
+        self.mid_episode = self.mid_episode | transition
+        self.running_return = self.running_return + torch.where(transition, step.raw_reward, 0.0)
+        self.running_length = self.running_length + transition
+        ended = transition & (step.terminated | step.truncated)
         fields = {
             "obs": obs,
             "next_obs": step.next_obs,
             "actions": actions,
             "log_probs": log_probs,
-            "rewards": step.reward.astype(np.float32),
-            "last": step.terminated | step.truncated,
+            "rewards": step.reward.to(torch.float32),
+            "last": ended,
             "terminated": step.terminated,
             "truncated": step.truncated,
+            # What an episode that ended here is recorded with.
+            "episode_return": self.running_return,
+            "episode_length": self.running_length,
+            "episode_env_step": self._env_steps[:, None].expand(self.shape),
         }
+        self.mid_episode = self.mid_episode & ~ended
+        self.running_return = torch.where(ended, 0.0, self.running_return)
+        self.running_length = torch.where(ended, 0, self.running_length)
         return fields, step
 
-    def _track_episodes(
-        self, step: StepResult, record: np.ndarray, finished: list[tuple[np.ndarray, ...]]
-    ) -> np.ndarray:
-        """Advance step counts and running episode statistics; append to `finished` the
-        episodes that ended where `record` is True. Returns the ``[S, E]`` mask of ended ones."""
-        transition = step.is_transition
-        self.env_steps += transition.sum(axis=1)
-        self.mid_episode |= transition
-        self.running_return[transition] += step.raw_reward[transition]
-        self.running_length[transition] += 1
-        ended = transition & (step.terminated | step.truncated)
-        recorded = ended & record
-        if recorded.any():
-            seed_index, _ = np.nonzero(recorded)
-            finished.append((
-                seed_index,
-                self.env_steps[seed_index],
-                self.running_return[recorded],
-                self.running_length[recorded],
-                step.terminated[recorded],
-            ))
-        self.mid_episode &= ~ended
-        self.running_return[ended] = 0.0
-        self.running_length[ended] = 0
-        return ended
+    def _to_batch(
+        self, steps: list[dict[str, torch.Tensor]], kept: torch.Tensor | None = None,
+        cut: torch.Tensor | None = None,
+    ) -> tuple[Batch, FinishedEpisodes]:
+        """Stack per-step fields into a `Batch` and the episodes that ended in it.
 
-    def _to_batch(self, buffer: _SlotBuffer, cut: np.ndarray | None = None) -> Batch:
-        """Stack the buffer into a `Batch`; ``cut [S, E, T]`` marks batch-end cuts."""
-        num_seeds, num_envs = buffer.shape
-        steps = int(buffer.position.max())
-        data = {name: array[:, :, :steps] for name, array in buffer.data.items()}
-        valid = np.arange(steps)[None, None, :] < buffer.position[:, :, None]
-        trajectory = np.arange(num_envs)[None, :, None] * steps + data["trajectory_in_env"]
-        trajectory = np.where(valid, trajectory, 0)
-        cut = np.zeros_like(valid) if cut is None else cut & valid
+        ``kept [S, E, T]``: which steps belong to the batch; each sub-env's kept steps are
+        packed to the front of its block (None: all steps of every sub-env, T per block).
+        ``cut [S, E, T]`` marks batch-end cuts (of an unpacked batch).
+        """
+        num_seeds, num_envs = self.shape
+        data = {name: torch.stack([step[name] for step in steps], dim=2) for name in steps[0]}
+        if kept is None:
+            valid = data.pop("valid")
+        else:
+            # Slot of each kept step within its sub-env's block; the others go to a spare
+            # slot past the end, which is dropped.
+            position = kept.cumsum(dim=2) - 1
+            length = int(kept.sum(dim=2).max()) if kept.numel() else 0
+            target = torch.where(kept, position, length)
+            for name, values in data.items():
+                index = target.view(*target.shape, *([1] * (values.dim() - 3)))
+                packed = values.new_zeros((num_seeds, num_envs, length + 1, *values.shape[3:]))
+                packed.scatter_(2, index.expand_as(values), values)
+                data[name] = packed[:, :, :length]
+            valid = torch.arange(length, device=self.device) < kept.sum(dim=2, keepdim=True)
+        steps_per_env = valid.shape[2]
+        trajectory = (torch.arange(num_envs, device=self.device)[None, :, None] * steps_per_env
+                      + data["trajectory_in_env"])
+        trajectory = torch.where(valid, trajectory, 0)
+        cut = torch.zeros_like(valid) if cut is None else cut & valid
+        ended = data["last"] & valid
+        self.env_steps = self._env_steps.cpu().numpy()
+        episodes = self._episodes(ended, data)
 
-        def slots(array: np.ndarray) -> torch.Tensor:
-            flat = array.reshape(num_seeds, num_envs * steps, *array.shape[3:])
-            return torch.as_tensor(flat, device=self.device)
+        def slots(tensor: torch.Tensor) -> torch.Tensor:
+            return tensor.reshape(num_seeds, num_envs * steps_per_env, *tensor.shape[3:])
 
-        return Batch(
+        batch = Batch(
             obs=slots(data["obs"]),
             next_obs=slots(data["next_obs"]),
             actions=slots(data["actions"]),
@@ -197,20 +174,26 @@ class _Collector:
             rewards=slots(data["rewards"]),
             valid=slots(valid),
             trajectory=slots(trajectory),
-            last=slots((data["last"] | cut) & valid),
+            last=slots(ended | cut),
             terminated=slots(data["terminated"] & valid),
             truncated=slots(data["truncated"] & valid),
             cut=slots(cut),
             num_envs=num_envs,
         )
+        return batch, episodes
 
     @staticmethod
-    def _to_episodes(finished: list[tuple[np.ndarray, ...]]) -> FinishedEpisodes:
-        if not finished:
-            empty = np.zeros(0, dtype=np.int64)
-            return FinishedEpisodes(empty, empty, empty.astype(float), empty, empty.astype(bool))
-        columns = [np.concatenate(parts) for parts in zip(*finished, strict=True)]
-        return FinishedEpisodes(*columns)
+    def _episodes(ended: torch.Tensor, data: dict[str, torch.Tensor]) -> FinishedEpisodes:
+        """The episodes that end at the steps ``ended [S, E, T]``, ordered within each seed by
+        the seed's step count, then sub-env (one transfer to the host)."""
+        seed_index, env_index, _ = (i.cpu().numpy() for i in torch.nonzero(ended, as_tuple=True))
+        env_step, episode_return, episode_length, terminated = (
+            data[name][ended].cpu().numpy()
+            for name in ("episode_env_step", "episode_return", "episode_length", "terminated")
+        )
+        order = np.lexsort((env_index, env_step, seed_index))
+        return FinishedEpisodes(seed_index[order], env_step[order], episode_return[order],
+                                episode_length[order], terminated[order])
 
 
 class EpisodeCollector(_Collector):
@@ -219,7 +202,7 @@ class EpisodeCollector(_Collector):
     Sub-env e of every seed runs ``quota[e]`` of the episodes (split as evenly as possible).
     An episode is counted when it starts while its sub-env still has quota, so the batch is not
     biased toward short episodes. A sub-env with its quota met keeps stepping only while other
-    sub-envs of its seed still run (gymnasium steps a vector env's sub-envs together); the
+    sub-envs of its seed still run (a seed's sub-envs step together, as in a vector env); the
     episode it starts then is discarded and is reset at the next collection. A seed whose
     sub-envs all met their quota pauses until every seed has its batch.
     ``env_steps`` includes the discarded transitions.
@@ -235,40 +218,42 @@ class EpisodeCollector(_Collector):
     ) -> None:
         super().__init__(envs, policy, noise, device)
         num_envs = envs.num_envs
-        self.quota = np.array(
+        self.quota = torch.tensor(
             [episodes_per_update // num_envs + (e < episodes_per_update % num_envs)
-             for e in range(num_envs)]
+             for e in range(num_envs)], device=device,
         )
 
     def collect(self, acting: np.ndarray) -> tuple[Batch, FinishedEpisodes]:
         """Run the seeds where ``acting [S]`` is True until each has its episodes."""
-        shape = (len(self.envs.seeds), self.envs.num_envs)
+        acting = torch.as_tensor(acting, device=self.device)
         # Episodes left unfinished by the previous collection were discarded: start afresh.
         stale = self.mid_episode & acting[:, None]
-        if stale.any():
-            self.envs.reset_envs(stale)
-            self.mid_episode &= ~stale
-            self.running_return[stale], self.running_length[stale] = 0.0, 0
+        self.envs.reset_envs(stale)
+        self.mid_episode &= ~stale
+        self.running_return = torch.where(stale, 0.0, self.running_return)
+        self.running_length = torch.where(stale, 0, self.running_length)
 
-        buffer = self._new_buffer()
-        started = np.zeros(shape, dtype=np.int64)
-        completed = np.zeros(shape, dtype=np.int64)
-        counted = np.zeros(shape, dtype=bool)
-        finished: list[tuple[np.ndarray, ...]] = []
+        zeros = torch.zeros(self.shape, dtype=torch.int64, device=self.device)
+        started, completed = zeros, zeros
+        counted = torch.zeros(self.shape, dtype=torch.bool, device=self.device)
+        steps: list[dict[str, torch.Tensor]] = []
+        kept: list[torch.Tensor] = []
         while True:
-            stepped = (acting[:, None] & (completed < self.quota)).any(axis=1)
-            if not stepped.any():
+            stepped = acting & (completed < self.quota).any(dim=1)
+            if not bool(stepped.any()):
                 break
             episode_start = stepped[:, None] & ~self.mid_episode
-            counted[episode_start] = (started < self.quota)[episode_start]
-            started += episode_start
-            fields, step = self._act_and_step(stepped)
-            buffer.append(step.is_transition & counted,
-                          {**fields, "trajectory_in_env": started - 1})
-            ended = self._track_episodes(step, counted, finished)
-            completed += ended & counted
-            counted &= ~ended
-        return self._to_batch(buffer), self._to_episodes(finished)
+            counted = torch.where(episode_start, started < self.quota, counted)
+            started = started + episode_start
+            fields, step = self._act_and_step(stepped, self._draw_noise(stepped, 1)[:, 0])
+            steps.append({**fields, "trajectory_in_env": started - 1})
+            kept.append(step.is_transition & counted)
+            ended = fields["last"]
+            completed = completed + (ended & counted)
+            counted = counted & ~ended
+        if not steps:
+            raise ValueError("collect() needs at least one acting seed")
+        return self._to_batch(steps, kept=torch.stack(kept, dim=2))
 
 
 class StepCollector(_Collector):
@@ -294,34 +279,42 @@ class StepCollector(_Collector):
 
     def collect(self, acting: np.ndarray) -> tuple[Batch, FinishedEpisodes]:
         """Step the seeds where ``acting [S]`` is True for `steps_per_env` steps each."""
-        shape = (len(self.envs.seeds), self.envs.num_envs)
-        buffer = self._new_buffer()
-        segment = np.zeros(shape, dtype=np.int64)
-        finished: list[tuple[np.ndarray, ...]] = []
-        for _ in range(self.steps_per_env):
-            fields, step = self._act_and_step(acting)
-            buffer.append(step.is_transition, {**fields, "trajectory_in_env": segment})
-            segment += self._track_episodes(step, np.ones(shape, dtype=bool), finished)
+        acting = torch.as_tensor(acting, device=self.device)
+        # The noise of the whole collection in one draw (the same numbers as step by step).
+        noise = self._draw_noise(acting, self.steps_per_env)
+        segment = torch.zeros(self.shape, dtype=torch.int64, device=self.device)
+        valid = acting[:, None].expand(self.shape)
+        steps: list[dict[str, torch.Tensor]] = []
+        for t in range(self.steps_per_env):
+            fields, _ = self._act_and_step(acting, noise[:, t])
+            steps.append({**fields, "trajectory_in_env": segment, "valid": valid})
+            segment = segment + fields["last"]
         # The batch ends mid-episode wherever the last step did not end the episode.
-        cut = np.zeros((*shape, self.steps_per_env), dtype=bool)
+        cut = torch.zeros((*self.shape, self.steps_per_env), dtype=torch.bool,
+                          device=self.device)
         cut[:, :, -1] = acting[:, None] & self.mid_episode
-        return self._to_batch(buffer, cut), self._to_episodes(finished)
+        return self._to_batch(steps, cut=cut)
 
 
 class MinibatchSampler:
     """Per-seed shuffled minibatches of a batch's step slots, one epoch at a time.
 
-    ``unit="steps"``: each seed's slots are shuffled and cut into `num_minibatches` equal
-    parts (what SB3 and CleanRL do; a trajectory's steps scatter over minibatches).
-    ``unit="segments"``: each seed's trajectories (episodes or rollout segments) are shuffled
-    and minibatch k gets those that start in the k-th share of the shuffled steps, so every
-    minibatch holds whole trajectories and trajectory-level reductions see whole segments;
-    minibatch sizes then vary and are padded (``mask`` False).
-    Each seed shuffles with its own generator.
+    ``unit="steps"``: each seed's valid slots are shuffled and cut into `num_minibatches`
+    parts of equal size (up to one; what SB3 and CleanRL do; a trajectory's steps scatter over
+    minibatches). ``unit="segments"``: each seed's trajectories (episodes or rollout segments)
+    are shuffled and minibatch k gets those that start in the k-th share of the shuffled steps,
+    so every minibatch holds whole trajectories and trajectory-level reductions see whole
+    segments; minibatch sizes then vary and are padded (``mask`` False).
+    Each seed shuffles with its own stream (`bench.seeding.CounterStreams`, ``minibatches``):
+    a random key per slot, sorted. ``steps`` is tensor code on the device; ``segments`` runs
+    on the host.
     """
 
-    def __init__(self, seeds: list[int], num_minibatches: int, unit: str) -> None:
-        self.generators = torch_generators(seeds, "minibatches")
+    def __init__(
+        self, seeds: list[int], num_minibatches: int, unit: str,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.streams = CounterStreams.for_seeds(seeds, "minibatches", device)
         self.num_minibatches = num_minibatches
         self.unit = unit
 
@@ -330,16 +323,45 @@ class MinibatchSampler:
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Minibatches ``(index [S, K], mask [S, K])`` into the M slots: `mask` is True on the
         minibatch's slots, which are all valid (False only on padding); every valid slot of
-        every seed is in exactly one minibatch."""
+        every seed is in exactly one minibatch. Indices within a minibatch are ascending."""
         num_seeds, num_slots = valid.shape
+        keys = self.streams.bits((num_slots,))[:, 0]
+        if self.unit == "segments":
+            return self._segments(keys.cpu().numpy(), valid, trajectory)
+        # Invalid slots sort last (keys are below 2^32).
+        order = torch.argsort(torch.where(valid, keys, 1 << 32), dim=1, stable=True)
+        return self._step_chunks(order, valid.sum(dim=1))
+
+    def _step_chunks(
+        self, order: torch.Tensor, counts: torch.Tensor
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Cut each seed's first ``counts[s]`` shuffled slots into `num_minibatches` parts,
+        the first ``counts[s] % K`` of them one longer (numpy's array_split rule)."""
+        parts = self.num_minibatches
+        num_slots = order.shape[1]
+        width = max(1, -(-num_slots // parts))
+        base, extra = counts // parts, counts % parts
+        offsets = torch.arange(width, device=order.device)
+        minibatches = []
+        for k in range(parts):
+            start = k * base + torch.clamp(extra, max=k)
+            size = base + (k < extra)
+            mask = offsets < size[:, None]
+            position = torch.clamp(start[:, None] + offsets, max=num_slots - 1)
+            index = torch.where(mask, torch.gather(order, 1, position), num_slots)
+            index = torch.sort(index, dim=1).values
+            minibatches.append((torch.where(mask, index, 0), mask))
+        return minibatches
+
+    def _segments(
+        self, keys: np.ndarray, valid: torch.Tensor, trajectory: torch.Tensor
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``unit="segments"``: whole trajectories per minibatch (on the host)."""
+        num_seeds = valid.shape[0]
         parts: list[list[np.ndarray]] = [[] for _ in range(self.num_minibatches)]
         valid_np, trajectory_np = valid.cpu().numpy(), trajectory.cpu().numpy()
-        for s, generator in enumerate(self.generators):
-            order = torch.randperm(num_slots, generator=generator).numpy()
-            if self.unit == "steps":
-                chunks = np.array_split(order, self.num_minibatches)
-            else:
-                chunks = self._segment_chunks(order, valid_np[s], trajectory_np[s])
+        for s in range(num_seeds):
+            chunks = self._segment_chunks(keys[s], valid_np[s], trajectory_np[s])
             for k, chunk in enumerate(chunks):
                 parts[k].append(chunk[valid_np[s, chunk]])
         minibatches = []
@@ -355,14 +377,15 @@ class MinibatchSampler:
         return minibatches
 
     def _segment_chunks(
-        self, order: np.ndarray, valid: np.ndarray, trajectory: np.ndarray
+        self, keys: np.ndarray, valid: np.ndarray, trajectory: np.ndarray
     ) -> list[np.ndarray]:
-        """Whole trajectories per minibatch, in the shuffled order of their first slots."""
-        ids = trajectory[order][valid[order]]
+        """Whole trajectories per minibatch: trajectories in a uniformly random order (by the
+        random key of each one's first slot), cut where the running step count crosses each
+        k/K share of the seed's valid steps."""
+        ids, first = np.unique(trajectory[valid], return_index=True)
         if ids.size == 0:
             return [np.zeros(0, dtype=np.int64)] * self.num_minibatches
-        _, first = np.unique(ids, return_index=True)
-        shuffled_ids = ids[np.sort(first)]
+        shuffled_ids = ids[np.argsort(keys[valid][first], kind="stable")]
         steps = np.array([np.sum(valid & (trajectory == i)) for i in shuffled_ids])
         starts = np.concatenate([[0], np.cumsum(steps)[:-1]])
         share = np.minimum(starts * self.num_minibatches // max(steps.sum(), 1),

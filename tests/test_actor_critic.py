@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from functools import partial
 
-import numpy as np
 import pytest
 import torch
 
@@ -173,10 +172,10 @@ def test_reward_normalisation_keeps_raw_rewards_for_episode_statistics() -> None
     envs = SeedEnvs(spec, [3], 1, normalization=Normalization(observation=True, reward=True))
     replay = make_env("Pendulum-v1", 5)
     replay.reset(seed=env_reset_seeds(3, 1)[0])
-    action = np.full((1, 1, 1), 1.0, dtype=np.float32)
+    action = torch.full((1, 1, 1), 1.0)
     for _ in range(7):  # across an episode end (step limit 5)
-        step = envs.step(action, [0])
-        _, raw, *_ = replay.step(action[0, 0])
+        step = envs.step(action, torch.tensor([True]))
+        _, raw, *_ = replay.step(action[0, 0].numpy())
         assert step.raw_reward[0, 0] == pytest.approx(raw)
         assert step.reward[0, 0] != pytest.approx(raw)
         if step.truncated[0, 0]:

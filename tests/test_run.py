@@ -145,6 +145,9 @@ BAD_INPUTS = [
     (["total_steps=-5"], ["total_steps", "-5"]),
     (["device=tpu"], ["'tpu'", "auto, cpu, cuda"]),
     (["algo.baseline=critic"], ["'critic'", "batch_mean"]),
+    (["env.backend=jax"], ["'jax'", "torch, gymnasium"]),
+    (["env=lunarlander", "env.backend=torch"], ["'LunarLander-v3'", "CartPole-v1", "gymnasium"]),
+    (["+env.kwargs.bogus=1"], ["bogus", "sutton_barto_reward"]),
 ]
 if not torch.cuda.is_available():
     BAD_INPUTS.append((["device=cuda"], ["cuda", "not available"]))
@@ -178,7 +181,8 @@ def test_smoke_sweep_then_report(tmp_path):
 
 def test_every_env_config_trains(tmp_path):
     envs = sorted(path.stem for path in (REPO / "conf" / "env").glob("*.yaml"))
-    assert envs == ["acrobot", "cartpole", "hopper", "lunarlander", "mountaincar", "pendulum"]
+    assert envs == ["acrobot", "cartpole", "hopper", "lunarlander", "mountaincar",
+                    "mountaincar_continuous", "pendulum"]
     bench_run(
         tmp_path,
         f"env={','.join(envs)}",

@@ -109,7 +109,8 @@ def test_a_failing_job_is_recorded_and_the_others_go_on(tmp_path):
     jobs only: the job after them completes, each failure is recorded with its overrides,
     run key and traceback, and the sweep ends with a summary and exit status 1."""
     result = multirun(f"results_dir={tmp_path}", "hydra/launcher=basic",
-                      "algo.gamma=7,0.99", "env.id=Nope-v0,CartPole-v1", *TINY)
+                      "algo.gamma=7,0.99", "env.id=Nope-v0,CartPole-v1", "env.backend=gymnasium",
+                      *TINY)
     assert result.returncode == 1, result.stderr[-3000:]
     assert summary_counts(result.stderr) == (4, 4, 1, 0, 3)
     assert len(data_files(tmp_path / "default")) == 1

@@ -28,11 +28,11 @@ import torch
 from bench import reductions
 from bench.advantages import generalized_advantages, normalize
 from bench.config import Job, make_reduction
-from bench.envs import Normalization, SeedEnvs, describe_env
+from bench.envs import Normalization, make_seed_envs
 from bench.networks import ActorCritic
 from bench.optim import SeedOptimizer
 from bench.progress import ProgressLine
-from bench.records import approx_kl, record_episodes, record_update
+from bench.records import UpdateRows, approx_kl, record_episodes
 from bench.rollout import Batch, MinibatchSampler, StepCollector, gather_slots
 from bench.seeding import SeedNoise
 from bench.store import RunRecorder
@@ -64,10 +64,10 @@ def train(job: Job, recorder: RunRecorder, progress: ProgressLine, step_losses: 
     """Train every seed of `job` for `total_steps` env steps; returns the diverged seeds."""
     config, algo, device = job.config, job.config["algo"], job.device
     num_seeds, env_cfg, network = len(job.seeds), job.config["env"], algo["network"]
-    spec = describe_env(env_cfg["id"], env_cfg["max_episode_steps"], env_cfg["kwargs"])
     normalization = Normalization(algo["normalize_observation"], algo["normalize_reward"],
                                   algo["gamma"])
-    envs = SeedEnvs(spec, job.seeds, algo["num_envs"], env_cfg["kwargs"], normalization)
+    envs = make_seed_envs(env_cfg, job.seeds, algo["num_envs"], device, normalization)
+    spec = envs.spec
     net = ActorCritic(
         job.seeds, spec.obs_dim, spec.action_dim, spec.discrete, network["hidden_sizes"],
         network["activation"], network["init_log_std"], algo["shared_network"],
@@ -77,12 +77,14 @@ def train(job: Job, recorder: RunRecorder, progress: ProgressLine, step_losses: 
     reduction, scope = make_reduction(config), config["reduction"]["scope"]
     steps_per_rollout = algo["num_envs"] * algo["rollout_steps"]
     collector = StepCollector(envs, net, SeedNoise(job.seeds, device), steps_per_rollout, device)
-    sampler = MinibatchSampler(job.seeds, algo["num_minibatches"], algo["minibatch_unit"])
+    sampler = MinibatchSampler(job.seeds, algo["num_minibatches"], algo["minibatch_unit"],
+                               device)
     num_rollouts = math.ceil(config["total_steps"] / steps_per_rollout)
     base_lr = optimizer.learning_rate
     episodes_done = np.zeros(num_seeds, dtype=np.int64)
     updates_done = np.zeros(num_seeds, dtype=np.int64)
     diverged = np.zeros(num_seeds, dtype=bool)
+    update_rows = UpdateRows()
     start = time.perf_counter()
 
     for rollout_index in range(num_rollouts):
@@ -108,7 +110,8 @@ def train(job: Job, recorder: RunRecorder, progress: ProgressLine, step_losses: 
             rollout_weights = reductions.step_weights(reduction, batch.valid, batch.trajectory)
 
         # 3. Epochs of shuffled minibatches.
-        early_stopped = torch.zeros(num_seeds, dtype=torch.bool)
+        acting_on_device = torch.as_tensor(acting, device=device)
+        early_stopped = torch.zeros(num_seeds, dtype=torch.bool, device=device)
         for _ in range(algo["update_epochs"]):
             for index, valid in sampler.epoch(batch.valid, batch.trajectory):
                 minibatch = {name: gather_slots(rollout[name], index) for name in rollout}
@@ -120,26 +123,23 @@ def train(job: Job, recorder: RunRecorder, progress: ProgressLine, step_losses: 
                     weights = reductions.step_weights(reduction, valid, minibatch["trajectory"])
 
                 # 4-5. Loss and update: the reduction is the one call that backpropagates.
-                stepped = torch.as_tensor(acting) & ~early_stopped & valid.any(dim=1).cpu()
+                stepped = (acting_on_device & ~early_stopped & ~optimizer.diverged
+                           & valid.any(dim=1))
                 optimizer.zero_grad()
                 loss, terms = reductions.backward(
                     reduction, partial(step_losses, net=net, minibatch=minibatch, algo=algo),
                     weights,
                 )
                 grad_norm, newly_diverged = optimizer.step(loss, skip=~stepped)
-                with torch.no_grad():
-                    dist, _ = net(minibatch["obs"])
-                    last_kl = approx_kl(dist.log_prob(minibatch["actions"]),
-                                        minibatch["log_probs"], valid)
-                diverged |= newly_diverged.numpy()
-                record_update(
-                    recorder, np.flatnonzero(stepped.numpy()), updates_done,
-                    collector.env_steps, loss, terms, valid, minibatch["trajectory"], last_kl,
-                    grad_norm, optimizer.learning_rate, newly_diverged.numpy(),
-                    time.perf_counter() - start,
-                )
+                with torch.no_grad():  # KL of this step on its minibatch
+                    last_kl = approx_kl(net.distribution(minibatch["obs"]).log_prob(
+                        minibatch["actions"]), minibatch["log_probs"], valid)
+                update_rows.add(stepped, loss, terms, valid, minibatch["trajectory"], last_kl,
+                                grad_norm, newly_diverged, optimizer.learning_rate,
+                                collector.env_steps, time.perf_counter() - start)
             if algo.get("target_kl") is not None:  # PPO: a seed stops its epochs (per seed)
-                early_stopped |= last_kl.cpu() > algo["target_kl"]
+                early_stopped |= last_kl > algo["target_kl"]
+        diverged |= update_rows.flush(recorder, updates_done)
         progress.update(collector.env_steps, int(acting.sum()), int(updates_done.max()))
 
     envs.close()

@@ -34,11 +34,11 @@ from bench.advantages import (
     spread_over_trajectory,
 )
 from bench.config import Job, make_reduction
-from bench.envs import SeedEnvs, describe_env
+from bench.envs import make_seed_envs
 from bench.networks import Policy, ValueFunction
 from bench.optim import SeedOptimizer
 from bench.progress import ProgressLine
-from bench.records import approx_kl, record_episodes, record_update
+from bench.records import UpdateRows, approx_kl, record_episodes
 from bench.rollout import Batch, EpisodeCollector, StepCollector
 from bench.seeding import SeedNoise
 from bench.store import RunRecorder
@@ -122,8 +122,8 @@ def train(job: Job, recorder: RunRecorder, progress: ProgressLine) -> list[int]:
     config, algo, device = job.config, job.config["algo"], job.device
     num_seeds, total_steps = len(job.seeds), config["total_steps"]
     env_cfg = config["env"]
-    spec = describe_env(env_cfg["id"], env_cfg["max_episode_steps"], env_cfg["kwargs"])
-    envs = SeedEnvs(spec, job.seeds, algo["num_envs"], env_cfg["kwargs"])
+    envs = make_seed_envs(env_cfg, job.seeds, algo["num_envs"], device)
+    spec = envs.spec
     network = algo["network"]
     policy = Policy(
         job.seeds, spec.obs_dim, spec.action_dim, spec.discrete, network["hidden_sizes"],
@@ -146,6 +146,7 @@ def train(job: Job, recorder: RunRecorder, progress: ProgressLine) -> list[int]:
     episodes_done = np.zeros(num_seeds, dtype=np.int64)
     updates_done = np.zeros(num_seeds, dtype=np.int64)
     diverged = np.zeros(num_seeds, dtype=bool)
+    update_rows = UpdateRows()
     start = time.perf_counter()
 
     while True:
@@ -173,18 +174,18 @@ def train(job: Job, recorder: RunRecorder, progress: ProgressLine) -> list[int]:
         optimizer.zero_grad()
         weights = reductions.step_weights(reduction, batch.valid, batch.trajectory)
         loss, terms = reductions.backward(reduction, step_losses, weights)
-        grad_norm, newly_diverged = optimizer.step(loss)
+        stepped = torch.as_tensor(acting, device=device)
+        grad_norm, newly_diverged = optimizer.step(loss, skip=~stepped)
 
         # 5. Record: one row per acting seed, with the KL of the step on the batch.
         with torch.no_grad():
             new_log_probs = policy.distribution(batch.obs).log_prob(batch.actions)
-        newly_diverged = newly_diverged.numpy() & acting
-        diverged |= newly_diverged
-        record_update(
-            recorder, np.flatnonzero(acting), updates_done, collector.env_steps, loss, terms,
-            batch.valid, batch.trajectory, approx_kl(new_log_probs, batch.log_probs, batch.valid),
-            grad_norm, optimizer.learning_rate, newly_diverged, time.perf_counter() - start,
+        update_rows.add(
+            stepped, loss, terms, batch.valid, batch.trajectory,
+            approx_kl(new_log_probs, batch.log_probs, batch.valid), grad_norm, newly_diverged,
+            optimizer.learning_rate, collector.env_steps, time.perf_counter() - start,
         )
+        diverged |= update_rows.flush(recorder, updates_done)
         progress.update(collector.env_steps, int(acting.sum()), int(updates_done.max()))
 
     envs.close()

@@ -1,4 +1,5 @@
-"""Gymnasium environments for a batch of seeds: S seeds x E sub-environments.
+"""The gymnasium backend: gymnasium environments for a batch of seeds, S seeds x E
+sub-environments.
 
 Each seed has its own gymnasium ``SyncVectorEnv`` of E sub-environments, so a seed whose batch
 is complete can pause (its vector env is simply not stepped) while the others go on.
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 
 import gymnasium as gym
 import numpy as np
+import torch
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
 from bench.seeding import env_reset_seeds
@@ -104,25 +106,28 @@ def describe_env(gym_id: str, max_episode_steps: int, kwargs: dict | None = None
 
 @dataclass
 class StepResult:
-    """Outcome of one step; arrays are ``[S, E]`` (``next_obs`` ``[S, E, obs_dim]``).
+    """Outcome of one step, as tensors on the job's device: ``[S, E]`` (``next_obs``
+    ``[S, E, obs_dim]``).
 
     ``is_transition`` is False for sub-envs of seeds that were not stepped; the other fields are
     meaningful only where it is True. ``next_obs`` is the transition's successor observation:
     for an episode that ended, its final observation (the env has already been reset).
     ``reward`` is what the agent learns from (normalised if configured), ``raw_reward`` the
-    environment's own reward (episode statistics use it).
+    environment's own reward (episode statistics use it); both float64.
     """
 
-    reward: np.ndarray
-    raw_reward: np.ndarray
-    terminated: np.ndarray
-    truncated: np.ndarray
-    is_transition: np.ndarray
-    next_obs: np.ndarray
+    reward: torch.Tensor
+    raw_reward: torch.Tensor
+    terminated: torch.Tensor
+    truncated: torch.Tensor
+    is_transition: torch.Tensor
+    next_obs: torch.Tensor
 
 
 class SeedEnvs:
-    """S x E gymnasium sub-environments; the current observations are ``obs [S, E, obs_dim]``."""
+    """S x E gymnasium sub-environments (the ``gymnasium`` backend). The interface is the torch
+    backend's: tensors on `device` in and out, the current observations ``obs [S, E, obs_dim]``;
+    the environments themselves step on the host, one seed's vector env at a time."""
 
     def __init__(
         self,
@@ -131,10 +136,12 @@ class SeedEnvs:
         num_envs: int,
         kwargs: dict | None = None,
         normalization: Normalization = Normalization(),
+        device: torch.device | str = "cpu",
     ) -> None:
         self.spec = spec
         self.seeds = list(seeds)
         self.num_envs = num_envs
+        self.device = torch.device(device)
         self.normalizes_reward = normalization.reward
 
         def make() -> gym.Env:
@@ -148,39 +155,48 @@ class SeedEnvs:
             for _ in self.seeds
         ]
         shape = (len(self.seeds), num_envs)
-        self.obs = np.zeros((*shape, spec.obs_dim), dtype=np.float32)
+        self._obs = np.zeros((*shape, spec.obs_dim), dtype=np.float32)
         for s, (seed, vector_env) in enumerate(zip(self.seeds, self.vector_envs, strict=True)):
-            self.obs[s], _ = vector_env.reset(seed=env_reset_seeds(seed, num_envs))
+            self._obs[s], _ = vector_env.reset(seed=env_reset_seeds(seed, num_envs))
 
-    def step(self, actions: np.ndarray, stepped_seeds: Sequence[int]) -> StepResult:
-        """Step the vector envs of the seeds (indices) in `stepped_seeds` with ``actions[s]``.
+    @property
+    def obs(self) -> torch.Tensor:
+        """The observations to act on ``[S, E, obs_dim]`` (a copy, on the device)."""
+        return torch.tensor(self._obs, device=self.device)
 
-        Continuous actions are clipped to the action box here, and only here.
+    def step(self, actions: torch.Tensor, stepped: torch.Tensor) -> StepResult:
+        """Step the vector envs of the seeds where ``stepped [S]`` is True with
+        ``actions[s]``. Continuous actions are clipped to the action box here, and only here.
         """
         shape = (len(self.seeds), self.num_envs)
-        result = StepResult(
-            reward=np.zeros(shape, dtype=np.float64),
-            raw_reward=np.zeros(shape, dtype=np.float64),
-            terminated=np.zeros(shape, dtype=bool),
-            truncated=np.zeros(shape, dtype=bool),
-            is_transition=np.zeros(shape, dtype=bool),
-            next_obs=np.zeros_like(self.obs),
-        )
+        reward = np.zeros(shape, dtype=np.float64)
+        raw_reward = np.zeros(shape, dtype=np.float64)
+        terminated = np.zeros(shape, dtype=bool)
+        truncated = np.zeros(shape, dtype=bool)
+        is_transition = np.zeros(shape, dtype=bool)
+        next_obs = np.zeros_like(self._obs)
+        actions = actions.cpu().numpy()
         if not self.spec.discrete:
             actions = np.clip(actions, self.spec.action_low, self.spec.action_high)
-        for s in stepped_seeds:
-            obs, reward, terminated, truncated, infos = self.vector_envs[s].step(actions[s])
-            self.obs[s] = obs
-            result.next_obs[s] = obs
+        for s in np.flatnonzero(np.asarray(stepped.cpu())):
+            obs, step_reward, step_terminated, step_truncated, infos = \
+                self.vector_envs[s].step(actions[s])
+            self._obs[s] = obs
+            next_obs[s] = obs
             for e in np.flatnonzero(infos.get("_final_obs", ())):
-                result.next_obs[s, e] = infos["final_obs"][e]
-            result.reward[s] = reward
-            result.raw_reward[s] = self._raw_rewards(infos, reward) if self.normalizes_reward \
-                else reward
-            result.terminated[s] = terminated
-            result.truncated[s] = truncated
-            result.is_transition[s] = True
-        return result
+                next_obs[s, e] = infos["final_obs"][e]
+            reward[s] = step_reward
+            raw_reward[s] = self._raw_rewards(infos, step_reward) if self.normalizes_reward \
+                else step_reward
+            terminated[s] = step_terminated
+            truncated[s] = step_truncated
+            is_transition[s] = True
+
+        def tensor(array: np.ndarray) -> torch.Tensor:
+            return torch.as_tensor(array, device=self.device)
+
+        return StepResult(tensor(reward), tensor(raw_reward), tensor(terminated),
+                          tensor(truncated), tensor(is_transition), tensor(next_obs))
 
     @staticmethod
     def _raw_rewards(infos: dict, reward: np.ndarray) -> np.ndarray:
@@ -193,14 +209,15 @@ class SeedEnvs:
                 raw[present] = source["raw_reward"][present]
         return raw
 
-    def reset_envs(self, mask: np.ndarray) -> None:
+    def reset_envs(self, mask: torch.Tensor) -> None:
         """Start a new episode now in the sub-envs where ``mask [S, E]`` is True.
 
         Their random streams continue (no re-seeding).
         """
+        mask = np.asarray(mask.cpu())
         for s in np.flatnonzero(mask.any(axis=1)):
             obs, _ = self.vector_envs[s].reset(options={"reset_mask": mask[s].copy()})
-            self.obs[s] = obs
+            self._obs[s] = obs
 
     def close(self) -> None:
         for vector_env in self.vector_envs:
