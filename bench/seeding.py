@@ -93,7 +93,8 @@ class CounterStreams:
              draws: int = 1) -> torch.Tensor:
         """32-bit random integers ``[R, draws, *shape]`` (int64): `draws` consecutive draws of
         `shape` elements per row. Only rows where ``drawing [R]`` is True (all if None) advance
-        their counter; the others' values are to be ignored."""
+        their counter; the others' values are to be ignored. `drawing` must be on the
+        streams' device."""
         elements = math.prod(shape)
         if elements not in self._element_hashes:
             self._element_hashes[elements] = mix32(
@@ -104,7 +105,7 @@ class CounterStreams:
         if drawing is None:
             self.counter += draws
         else:
-            self.counter += draws * drawing.to(self.device, torch.int64)
+            self.counter += draws * drawing.to(torch.int64)
         return values.view(len(self.counter), draws, *shape)
 
     def uniform(self, shape: tuple[int, ...], drawing: torch.Tensor | None = None,
@@ -136,9 +137,14 @@ class SeedNoise:
                 draws: int = 1) -> torch.Tensor:
         """U[0, 1) noise ``[S, draws, *shape]``; only seeds where `drawing [S]` is True
         advance their stream (the other rows are to be ignored)."""
-        return self.streams.uniform(shape, torch.as_tensor(drawing), draws)
+        return self.streams.uniform(shape, self._on_device(drawing), draws)
 
     def normal(self, shape: tuple[int, ...], drawing: torch.Tensor | np.ndarray,
                draws: int = 1) -> torch.Tensor:
         """Standard normal noise ``[S, draws, *shape]``, drawn as in `uniform`."""
-        return self.streams.normal(shape, torch.as_tensor(drawing), draws)
+        return self.streams.normal(shape, self._on_device(drawing), draws)
+
+    def _on_device(self, drawing: torch.Tensor | np.ndarray) -> torch.Tensor:
+        if isinstance(drawing, torch.Tensor) and drawing.device == self.streams.device:
+            return drawing
+        return torch.as_tensor(drawing, device=self.streams.device)

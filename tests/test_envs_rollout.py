@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.envs import SeedEnvs, describe_env, make_env
+from bench.envs import SeedEnvs, describe_env, make_env, make_seed_envs
 from bench.networks import Policy
 from bench.rollout import EpisodeCollector, StepCollector
 from bench.seeding import SeedNoise, env_reset_seeds
@@ -21,10 +21,12 @@ def collector(
     num_envs: int,
     episodes: int = 0,
     steps: int = 0,
+    backend: str = "gymnasium",
 ):
     """An EpisodeCollector (`episodes` per update) or a StepCollector (`steps` per update)."""
-    spec = describe_env(gym_id, max_steps)
-    envs = SeedEnvs(spec, seeds, num_envs)
+    env_cfg = {"id": gym_id, "max_episode_steps": max_steps, "backend": backend, "kwargs": {}}
+    envs = make_seed_envs(env_cfg, seeds, num_envs, CPU)
+    spec = envs.spec
     policy = Policy(seeds, spec.obs_dim, spec.action_dim, spec.discrete, [16], "tanh", 0.0)
     if steps:
         return StepCollector(envs, policy, SeedNoise(seeds, CPU), steps, CPU)
@@ -109,9 +111,10 @@ def test_an_ended_episode_resets_within_the_step_and_reports_its_final_observati
             assert not np.allclose(envs.obs[0, 0], step.next_obs[0, 0])
 
 
-def test_each_seed_gets_exactly_its_episodes_and_waits_for_the_others() -> None:
+@pytest.mark.parametrize("backend", ["gymnasium", "torch"])
+def test_each_seed_gets_exactly_its_episodes_and_waits_for_the_others(backend: str) -> None:
     seeds = [0, 1, 2]
-    collect = collector("CartPole-v1", 60, seeds, num_envs=2, episodes=5)
+    collect = collector("CartPole-v1", 60, seeds, num_envs=2, episodes=5, backend=backend)
     acting = np.array([True, False, True])
     batch, episodes = collect.collect(acting)
     assert np.bincount(episodes.seed_index, minlength=3).tolist() == [5, 0, 5]
@@ -130,8 +133,9 @@ def test_each_seed_gets_exactly_its_episodes_and_waits_for_the_others() -> None:
     assert np.bincount(episodes.seed_index, minlength=3).tolist() == [5, 5, 5]
 
 
-def test_env_step_of_each_episode_is_the_seeds_running_count() -> None:
-    collect = collector("CartPole-v1", 500, [5], num_envs=1, episodes=4)
+@pytest.mark.parametrize("backend", ["gymnasium", "torch"])
+def test_env_step_of_each_episode_is_the_seeds_running_count(backend: str) -> None:
+    collect = collector("CartPole-v1", 500, [5], num_envs=1, episodes=4, backend=backend)
     _, episodes = collect.collect(np.ones(1, dtype=bool))
     np.testing.assert_array_equal(episodes.env_step, np.cumsum(episodes.episode_length))
     assert collect.env_steps[0] == episodes.episode_length.sum()
@@ -188,8 +192,9 @@ def test_step_batches_have_exactly_their_steps_and_carry_the_env_state_on() -> N
         assert len(recorded_all) == replayed_in_seed > 0  # whole episodes only, each once
 
 
-def test_step_segments_are_trajectories_with_ids_per_segment() -> None:
-    collect = collector("CartPole-v1", 500, [0], 1, steps=120)
+@pytest.mark.parametrize("backend", ["gymnasium", "torch"])
+def test_step_segments_are_trajectories_with_ids_per_segment(backend: str) -> None:
+    collect = collector("CartPole-v1", 500, [0], 1, steps=120, backend=backend)
     batch, episodes = collect.collect(np.array([True]))
     ids = batch.trajectory[0].numpy()
     lengths = np.bincount(ids, minlength=120)

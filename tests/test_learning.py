@@ -69,3 +69,39 @@ def test_ppo_learns_pendulum(tmp_path):
         "algo.gamma=0.9", "algo.entropy_coef=0.0", "optim.lr=1e-3",
     )
     assert (final > -400).sum() >= 6, final.to_dict()
+
+
+def binned_returns(tmp_path: Path, total_steps: int, bins: int, *overrides: str) -> pd.DataFrame:
+    """Train 10 seeds; each seed's mean episode return in `bins` equal spans of env steps
+    (rows: seeds, columns: bins)."""
+    subprocess.run([sys.executable, "-m", "bench.run", "seeds=10", f"total_steps={total_steps}",
+                    f"results_dir={tmp_path}", "progress_interval_s=0", *overrides],
+                   cwd=REPO, check=True, timeout=3600)
+    episodes = pd.read_parquet(tmp_path / "default" / "data").query("kind == 'episode'")
+    span = ((episodes.env_step - 1) * bins // total_steps).clip(upper=bins - 1)
+    table = episodes.groupby(["seed", span]).episode_return.mean().unstack()
+    assert table.shape == (10, bins)
+    return table
+
+
+@pytest.mark.slow
+def test_torch_and_gymnasium_backends_learn_alike(tmp_path):
+    """PPO on CartPole, 10 seeds x 100k steps per backend: in each fifth of the run, the
+    per-seed mean returns of the two backends do not differ (Welch's t-test per fifth,
+    Holm-corrected over the five, all adjusted p >= 0.01), and both learn. Same statistics, not
+    the same numbers: the backends draw resets from different generators."""
+    from scipy import stats  # noqa: PLC0415 (slow test only)
+    from statsmodels.stats.multitest import multipletests  # noqa: PLC0415
+
+    curves = {
+        backend: binned_returns(tmp_path / backend, 100_000, 5, "algo=ppo", "env=cartpole",
+                                "reduction=mean", f"env.backend={backend}")
+        for backend in ("torch", "gymnasium")
+    }
+    p_values = [stats.ttest_ind(curves["torch"][b], curves["gymnasium"][b], equal_var=False).pvalue
+                for b in range(5)]
+    adjusted = multipletests(p_values, method="holm")[1]
+    summary = {backend: curve.mean().round(1).tolist() for backend, curve in curves.items()}
+    assert (adjusted >= 0.01).all(), (summary, adjusted)
+    for curve in curves.values():
+        assert curve[4].mean() > 5 * RANDOM_POLICY_CARTPOLE, summary

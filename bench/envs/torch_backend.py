@@ -138,9 +138,10 @@ class TorchSeedEnvs:
 
     def step(self, actions: torch.Tensor, stepped: torch.Tensor) -> StepResult:
         """Step the sub-envs of the seeds where ``stepped [S]`` (bool tensor) is True with
-        ``actions [S, E(, action_dim)]``; the other seeds' sub-envs stay exactly as they were.
+        ``actions [S, E(, action_dim)]`` (both on the device); the other seeds' sub-envs stay
+        exactly as they were.
         Continuous actions are clipped to the action box here, and only here."""
-        stepped_envs = stepped.to(self.device)[:, None].expand(self.shape)
+        stepped_envs = stepped[:, None].expand(self.shape)
         if self.spec.discrete:
             actions = actions.reshape(-1)
         else:
@@ -167,7 +168,6 @@ class TorchSeedEnvs:
 
     def reset_envs(self, mask: torch.Tensor) -> None:
         """Start a new episode now in the sub-envs where ``mask [S, E]`` is True."""
-        mask = mask.to(self.device)
         self._reset(mask)
         self.obs = torch.where(mask[..., None], self._observe(mask), self.obs)
 
