@@ -93,6 +93,13 @@ class _Collector:
             return self.noise.uniform((self.envs.num_envs,), drawing, draws)
         return self.noise.normal((self.envs.num_envs, spec.action_dim), drawing, draws)
 
+    def _step_noise(self, drawing: torch.Tensor) -> torch.Tensor:
+        """Action noise for one step of every sub-env: ``[S, E(, action_dim)]``."""
+        spec = self.envs.spec
+        if spec.discrete:
+            return self.noise.step("uniform", (self.envs.num_envs,), drawing)
+        return self.noise.step("normal", (self.envs.num_envs, spec.action_dim), drawing)
+
     def _act_and_step(
         self, stepped: torch.Tensor, noise: torch.Tensor
     ) -> tuple[dict[str, torch.Tensor], StepResult]:
@@ -245,7 +252,7 @@ class EpisodeCollector(_Collector):
             episode_start = stepped[:, None] & ~self.mid_episode
             counted = torch.where(episode_start, started < self.quota, counted)
             started = started + episode_start
-            fields, step = self._act_and_step(stepped, self._draw_noise(stepped, 1)[:, 0])
+            fields, step = self._act_and_step(stepped, self._step_noise(stepped))
             steps.append({**fields, "trajectory_in_env": started - 1})
             kept.append(step.is_transition & counted)
             ended = fields["last"]

@@ -126,23 +126,57 @@ class CounterStreams:
 class SeedNoise:
     """Per-seed noise for action sampling: row s of every draw comes from seed s's stream.
 
-    ``draws > 1`` draws the noise of that many consecutive steps at once; the numbers are the
-    same as drawing them one step at a time.
+    ``draws > 1`` draws the noise of that many consecutive steps at once, and `step` hands out
+    one step at a time from such a block; either way the numbers are the same as drawing them
+    one step at a time.
     """
+
+    # Steps of noise that `step` computes at once (one hash evaluation for all of them).
+    BLOCK = 32
 
     def __init__(self, seeds: Sequence[int], device: torch.device | str) -> None:
         self.streams = CounterStreams.for_seeds(seeds, "actions", device)
+        self._rows = torch.arange(len(seeds), device=self.streams.device)
+        self._block: torch.Tensor | None = None
+        self._block_kind: tuple | None = None
+        self._taken = torch.zeros(len(seeds), dtype=torch.int64, device=self.streams.device)
+        self._steps_in_block = 0
 
     def uniform(self, shape: tuple[int, ...], drawing: torch.Tensor | np.ndarray,
                 draws: int = 1) -> torch.Tensor:
         """U[0, 1) noise ``[S, draws, *shape]``; only seeds where `drawing [S]` is True
         advance their stream (the other rows are to be ignored)."""
+        self._settle()
         return self.streams.uniform(shape, self._on_device(drawing), draws)
 
     def normal(self, shape: tuple[int, ...], drawing: torch.Tensor | np.ndarray,
                draws: int = 1) -> torch.Tensor:
         """Standard normal noise ``[S, draws, *shape]``, drawn as in `uniform`."""
+        self._settle()
         return self.streams.normal(shape, self._on_device(drawing), draws)
+
+    def step(self, kind: str, shape: tuple[int, ...], drawing: torch.Tensor) -> torch.Tensor:
+        """One draw of `kind` (``uniform`` or ``normal``) noise ``[S, *shape]``, as
+        ``uniform(shape, drawing)[:, 0]`` would give it, taken from a precomputed block of
+        `BLOCK` draws per seed (seeds where ``drawing [S]``, on the device, is False take
+        none). No host synchronisation: the block is refilled every `BLOCK` calls."""
+        if self._block_kind != (kind, shape) or self._steps_in_block == self.BLOCK:
+            self._settle()
+            start = self.streams.counter.clone()
+            sampler = self.streams.uniform if kind == "uniform" else self.streams.normal
+            self._block = sampler(shape, None, self.BLOCK)  # peeks: the counter is reset
+            self.streams.counter = start
+            self._block_kind = (kind, shape)
+        noise = self._block[self._rows, self._taken]
+        self._taken = self._taken + drawing
+        self._steps_in_block += 1
+        return noise
+
+    def _settle(self) -> None:
+        """Advance the streams past the draws `step` handed out; start a new block."""
+        self.streams.counter = self.streams.counter + self._taken
+        self._taken = torch.zeros_like(self._taken)
+        self._block_kind, self._steps_in_block = None, 0
 
     def _on_device(self, drawing: torch.Tensor | np.ndarray) -> torch.Tensor:
         if isinstance(drawing, torch.Tensor) and drawing.device == self.streams.device:

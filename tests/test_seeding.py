@@ -37,6 +37,22 @@ def test_drawing_many_steps_at_once_gives_the_step_by_step_numbers(kind: str) ->
     torch.testing.assert_close(batched, stepwise, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("kind", ["uniform", "normal"])
+def test_noise_handed_out_step_by_step_from_blocks_is_the_same(kind: str) -> None:
+    """`SeedNoise.step` (blocks of draws, seeds pausing, across refills, mixed with direct
+    draws) gives each seed the numbers of its stream in order, as direct draws do."""
+    rng = np.random.default_rng(0)
+    patterns = [torch.as_tensor(rng.random(3) < 0.6) for _ in range(3 * SeedNoise.BLOCK + 5)]
+    blocked, direct = SeedNoise([4, 5, 6], "cpu"), SeedNoise([4, 5, 6], "cpu")
+    for index, drawing in enumerate(patterns):
+        if index == 40:  # a direct multi-step draw in between
+            torch.testing.assert_close(getattr(blocked, kind)((2,), drawing, draws=3),
+                                       getattr(direct, kind)((2,), drawing, draws=3))
+        got = blocked.step(kind, (2,), drawing)
+        want = getattr(direct, kind)((2,), drawing)[:, 0]
+        torch.testing.assert_close(got[drawing], want[drawing], rtol=0, atol=0)
+
+
 def test_uniforms_are_uniform_and_independent_across_draws_and_seeds() -> None:
     u = SeedNoise(range(64), "cpu").uniform((4,), torch.ones(64, dtype=torch.bool),
                                             draws=1000).double()

@@ -171,11 +171,14 @@ def test_a_rollout_step_makes_no_host_synchronisation(gym_id: str) -> None:
     code only (checked on CPU tensors; the CUDA test below checks the device itself)."""
     collect = step_collector(gym_id, 5, [0, 1, 2], 2, 8,
                              Normalization(observation=True, reward=True))
-    acting = torch.ones(3, dtype=torch.bool)
+    collect.envs.skip_idle_resets = False  # the CUDA code path (a CPU-only shortcut)
+    acting = torch.tensor([True, False, True])
     noise = collect._draw_noise(acting, 12)
     with ForbidHostSync():
         for t in range(12):
             collect._act_and_step(acting, noise[:, t])
+        for _ in range(40):  # episode collection's per-step noise, across block refills
+            collect._act_and_step(acting, collect._step_noise(acting))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
