@@ -137,18 +137,19 @@ class _Collector:
 
     def _to_batch(
         self, steps: list[dict[str, torch.Tensor]], kept: torch.Tensor | None = None,
-        cut: torch.Tensor | None = None,
+        acting: torch.Tensor | None = None, cut: torch.Tensor | None = None,
     ) -> tuple[Batch, FinishedEpisodes]:
         """Stack per-step fields into a `Batch` and the episodes that ended in it.
 
-        ``kept [S, E, T]``: which steps belong to the batch; each sub-env's kept steps are
-        packed to the front of its block (None: all steps of every sub-env, T per block).
-        ``cut [S, E, T]`` marks batch-end cuts (of an unpacked batch).
+        Either ``kept [S, E, T]``: which steps belong to the batch, each sub-env's kept steps
+        packed to the front of its block; or ``acting [S]``: every step of the acting seeds'
+        sub-envs belongs to it (T per block). ``cut [S, E, T]`` marks batch-end cuts (of an
+        unpacked batch).
         """
         num_seeds, num_envs = self.shape
         data = {name: torch.stack([step[name] for step in steps], dim=2) for name in steps[0]}
         if kept is None:
-            valid = data.pop("valid")
+            valid = acting[:, None, None].expand(num_seeds, num_envs, len(steps))
         else:
             # Slot of each kept step within its sub-env's block; the others go to a spare
             # slot past the end, which is dropped.
@@ -290,17 +291,16 @@ class StepCollector(_Collector):
         # The noise of the whole collection in one draw (the same numbers as step by step).
         noise = self._draw_noise(acting, self.steps_per_env)
         segment = torch.zeros(self.shape, dtype=torch.int64, device=self.device)
-        valid = acting[:, None].expand(self.shape)
         steps: list[dict[str, torch.Tensor]] = []
         for t in range(self.steps_per_env):
             fields, _ = self._act_and_step(acting, noise[:, t])
-            steps.append({**fields, "trajectory_in_env": segment, "valid": valid})
+            steps.append({**fields, "trajectory_in_env": segment})
             segment = segment + fields["last"]
         # The batch ends mid-episode wherever the last step did not end the episode.
         cut = torch.zeros((*self.shape, self.steps_per_env), dtype=torch.bool,
                           device=self.device)
         cut[:, :, -1] = acting[:, None] & self.mid_episode
-        return self._to_batch(steps, cut=cut)
+        return self._to_batch(steps, acting=acting, cut=cut)
 
 
 class MinibatchSampler:

@@ -67,7 +67,9 @@ class ClassicControl:
     def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Advance all N environments one step with `actions` (discrete: int64 [N]; continuous:
         float [N, action_dim], clipped as gymnasium does). Returns reward (float64 [N]) and
-        terminated (bool [N]) as gymnasium gives them within a live episode."""
+        terminated (bool [N]) as gymnasium gives them within a live episode. Replaces
+        `self.state` with a new tensor and never writes into the old one (callers may keep it
+        to undo a step)."""
         raise NotImplementedError
 
     def _initial_state(self, uniforms: torch.Tensor) -> torch.Tensor:

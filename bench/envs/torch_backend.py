@@ -111,15 +111,17 @@ class TorchSeedEnvs:
         self._reset(everywhere)
         self.obs = self._observe(everywhere)
 
-    def _reset(self, mask: torch.Tensor) -> None:
-        """New episodes where ``mask [S, E]``; only those sub-envs advance their streams."""
+    def _reset(self, mask: torch.Tensor) -> bool:
+        """New episodes where ``mask [S, E]``; only those sub-envs advance their streams.
+        Returns False when it skipped the computation because no sub-env was masked."""
         if self.skip_idle_resets and not bool(mask.any()):
-            return
+            return False
         flat = mask.reshape(-1)
         uniforms = self.resets.uniform((self.dynamics.reset_uniforms,), flat,
                                        dtype=torch.float64)[:, 0]
         self.dynamics.reset(flat, uniforms)
         self.elapsed = torch.where(mask, 0, self.elapsed)
+        return True
 
     def _observe(self, updated: torch.Tensor) -> torch.Tensor:
         """The observation of every sub-env ``[S, E, obs_dim]``; with observation
@@ -152,7 +154,7 @@ class TorchSeedEnvs:
         else:
             actions = torch.clamp(actions, self.action_low, self.action_high)
             actions = actions.reshape(-1, self.spec.action_dim)
-        state_before = self.dynamics.state.clone()
+        state_before = self.dynamics.state  # `step` replaces the tensor, never writes into it
         raw_reward, terminated = self.dynamics.step(actions)
         flat_stepped = stepped_envs.reshape(-1, 1)
         self.dynamics.state = torch.where(flat_stepped, self.dynamics.state, state_before)
@@ -165,16 +167,16 @@ class TorchSeedEnvs:
         if self.normalization.reward:
             reward = self._normalize_reward(raw_reward, terminated, stepped_envs)
         ended = terminated | truncated
-        self._reset(ended)
-        obs = self._observe(ended)
-        self.obs = torch.where(stepped_envs[..., None], obs, self.obs)
+        # Sub-envs that did not reset (paused ones included) observe what they did before, with
+        # unchanged statistics, so one observation of all of them is the next `obs`.
+        self.obs = self._observe(ended) if self._reset(ended) else next_obs
         return StepResult(reward=reward, raw_reward=raw_reward, terminated=terminated,
                           truncated=truncated, is_transition=stepped_envs, next_obs=next_obs)
 
     def reset_envs(self, mask: torch.Tensor) -> None:
         """Start a new episode now in the sub-envs where ``mask [S, E]`` is True."""
-        self._reset(mask)
-        self.obs = torch.where(mask[..., None], self._observe(mask), self.obs)
+        if self._reset(mask):
+            self.obs = self._observe(mask)
 
     def close(self) -> None:
         """Nothing to release (the gymnasium backend's counterpart closes its envs)."""
