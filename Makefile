@@ -19,11 +19,18 @@ LAUNCHER    ?= joblib
 # Parallel jobs of the joblib launcher (one torch thread per job).
 JOBS        ?= $(shell nproc 2>/dev/null || echo 2)
 PARTITION   ?=
+# Packing (bench/packing.py): grid points that differ only in batchable values (seed, lr,
+# reduction, coefficients) train as the slots of one process, at most MAX_SLOTS slots each
+# (default: 256 on CPU, 4096 on CUDA). PACK=0 runs one process per grid point instead.
+PACK        ?= 1
+MAX_SLOTS   ?=
 # Extra Hydra overrides for `make sweep`, e.g. ARGS="total_steps=5000 env=cartpole".
 ARGS        ?=
 SWEEP_ARGS   = $(strip results_dir=$(RESULTS) hydra/launcher=$(LAUNCHER) \
                $(if $(filter joblib,$(LAUNCHER)),hydra.launcher.n_jobs=$(JOBS)) \
                $(if $(and $(filter slurm,$(LAUNCHER)),$(PARTITION)),hydra.launcher.partition=$(PARTITION)) \
+               $(if $(filter 0,$(PACK)),hydra/sweeper=basic) \
+               $(if $(MAX_SLOTS),hydra.sweeper.max_slots=$(MAX_SLOTS)) \
                $(if $(SEEDS),seeds=$(SEEDS)) $(ARGS))
 
 .PHONY: setup test test-slow sweep report bench lint clean

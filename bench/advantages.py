@@ -1,18 +1,29 @@
 """Returns and advantages along trajectories, and masked per-seed statistics.
 
 Inputs are time-major per sub-env, ``[S, E, T]``: trajectories are contiguous in t and
-``last`` marks each one's final step, so nothing flows across a trajectory boundary.
+``last`` marks each one's final step, so nothing flows across a trajectory boundary. Discounts
+are per slot: a float or a ``[S, 1]`` tensor. Masked statistics sum with
+`bench.reductions.slot_sum`, so a slot's value does not depend on how far M is padded.
 """
 
 from __future__ import annotations
 
 import torch
 
+from bench.reductions import slot_sum
+
+Discount = float | torch.Tensor  # a float, or one value per slot [S, 1]
+
+
+def _over_time(value: Discount) -> Discount:
+    """A per-slot ``[S, 1]`` value broadcastable against ``[S, E, T]``."""
+    return value[..., None] if isinstance(value, torch.Tensor) else value
+
 
 def reward_to_go(
     rewards: torch.Tensor,
     last: torch.Tensor,
-    gamma: float,
+    gamma: Discount,
     bootstrap: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """G_t = sum_{k >= t} gamma^(k-t) r_k within each trajectory: ``[S, E, T]``.
@@ -37,8 +48,8 @@ def generalized_advantages(
     next_values: torch.Tensor,
     terminated: torch.Tensor,
     last: torch.Tensor,
-    gamma: float,
-    gae_lambda: float,
+    gamma: Discount,
+    gae_lambda: Discount,
 ) -> torch.Tensor:
     """GAE(lambda) advantages along each trajectory, all tensors ``[S, E, T]``.
 
@@ -50,7 +61,7 @@ def generalized_advantages(
     """
     not_terminal = (~terminated).to(rewards.dtype)
     continues = (~last).to(rewards.dtype)
-    deltas = rewards + gamma * not_terminal * next_values - values
+    deltas = rewards + _over_time(gamma) * not_terminal * next_values - values
     advantages = torch.zeros_like(rewards)
     running = torch.zeros_like(rewards[..., 0])
     for t in reversed(range(rewards.shape[-1])):
@@ -84,16 +95,16 @@ def spread_over_trajectory(flags: torch.Tensor, trajectory: torch.Tensor) -> tor
 
 
 def masked_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Mean over valid entries of each seed's row: ``[S, M] -> [S]`` (0 for an empty row)."""
+    """Mean over valid entries of each slot's row: ``[S, M] -> [S]`` (0 for an empty row)."""
     weights = valid.to(values.dtype)
-    return (values * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
+    return slot_sum(values * weights) / weights.sum(dim=1).clamp(min=1)
 
 
 def masked_std(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Unbiased standard deviation over valid entries of each row: ``[S, M] -> [S]``."""
     weights = valid.to(values.dtype)
     centred = (values - masked_mean(values, valid)[:, None]) * weights
-    return (centred.pow(2).sum(dim=1) / (weights.sum(dim=1) - 1).clamp(min=1)).sqrt()
+    return (slot_sum(centred.pow(2)) / (weights.sum(dim=1) - 1).clamp(min=1)).sqrt()
 
 
 def normalize(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

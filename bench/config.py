@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,6 +15,7 @@ import torch
 from bench.envs import check_backend
 from bench.optim import OPTIMIZERS
 from bench.reductions import REDUCTIONS, Reduction
+from bench.slots import Job
 from bench.store import NON_RESULT_KEYS, run_key
 
 # Algorithm name (the `algo` column) -> the implementation that trains it (bench/algos/).
@@ -174,17 +174,6 @@ def make_reduction(config: Mapping[str, Any]) -> Reduction:
         raise ConfigError(str(error)) from error
 
 
-@dataclass(frozen=True)
-class Job:
-    """A checked job: what to train, on which seeds and device, and where it goes."""
-
-    config: dict[str, Any]  # resolved config as plain containers
-    seeds: list[int]
-    device: torch.device
-    run_key: str
-    swept: dict[str, Any]  # extra result columns: dotted config path -> value
-
-
 def column_value(value: Any) -> Any:
     """A config value as a parquet cell: scalars as they are, containers as JSON text."""
     if isinstance(value, list | dict):
@@ -213,10 +202,10 @@ def swept_values(config: Mapping[str, Any], overrides: Sequence[str]) -> dict[st
 
 
 def make_job(config: dict[str, Any], overrides: Sequence[str]) -> Job:
-    """Check `config` (resolved, plain containers) and derive the job from it."""
+    """Check `config` (resolved, plain containers) and derive the grid point's job from it."""
     check_config(config)
     seeds = parse_seeds(config["seeds"])
     device = resolve_device(config["device"])
     # The run key covers the resolved device, not the request ("auto").
     key = run_key({**config, "device": device.type})
-    return Job(config, seeds, device, key, swept_values(config, overrides))
+    return Job(config, seeds, device, key, swept_values(config, overrides), tuple(overrides))

@@ -19,6 +19,50 @@ from bench.seeding import torch_generators
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
 
 
+# Rows of a layer's input that the weight gradient sums in one block (see `_SlotAffine`).
+GRAD_BLOCK = 64
+
+
+class _SlotAffine(torch.autograd.Function):
+    """``y[s] = x[s] @ weight[s] + bias[s]`` with a weight gradient that a slot's rows decide
+    alone, bit for bit.
+
+    The weight gradient sums over the M rows of the input, and a matrix product's summation
+    order depends on M; M is padded to the longest slot of the process (e.g. REINFORCE's
+    episode batches), so a slot's gradient would depend on what shares its process. Here the
+    rows are summed in blocks of `GRAD_BLOCK` (one batched product over all blocks), then the
+    block sums in sequence: padding rows, whose output gradient is exactly zero, add exact
+    zeros. A one-column output is computed as an elementwise product and a row sum, because a
+    single-slot batched product of a vector takes a different (differently rounded) path.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        if weight.shape[2] == 1:
+            return (x * weight.transpose(1, 2)).sum(dim=2, keepdim=True) + bias
+        return torch.baddbmm(bias, x, weight)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        grad_x = torch.bmm(grad, weight.transpose(1, 2)) if ctx.needs_input_grad[0] else None
+        num_slots, rows, features = x.shape
+        padding = -rows % GRAD_BLOCK
+        if num_slots * (rows + padding) == GRAD_BLOCK:
+            padding += GRAD_BLOCK  # a batch of one product also takes a path of its own
+        blocks = (rows + padding) // GRAD_BLOCK
+        x_blocks = torch.nn.functional.pad(x, (0, 0, 0, padding)).view(
+            num_slots * blocks, GRAD_BLOCK, features)
+        grad_blocks = torch.nn.functional.pad(grad, (0, 0, 0, padding)).view(
+            num_slots * blocks, GRAD_BLOCK, grad.shape[2])
+        grad_weight = torch.bmm(x_blocks.transpose(1, 2), grad_blocks).view(
+            num_slots, blocks, features, grad.shape[2]).cumsum(dim=1)[:, -1]
+        grad_bias = grad_blocks.sum(dim=1).view(num_slots, blocks, 1, grad.shape[2]).cumsum(
+            dim=1)[:, -1]
+        return grad_x, grad_weight, grad_bias
+
+
 class SeedLinear(nn.Module):
     """S independent affine maps: ``y[s] = x[s] @ weight[s] + bias[s]``."""
 
@@ -37,7 +81,7 @@ class SeedLinear(nn.Module):
             self.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.baddbmm(self.bias, x, self.weight)
+        return _SlotAffine.apply(x, self.weight, self.bias)
 
 
 class SeedMLP(nn.Module):

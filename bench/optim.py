@@ -1,149 +1,371 @@
-"""Optimiser over seed-batched parameters: per-seed gradient norms, clipping and divergence guard.
+"""Optimiser over slot-batched parameters, with every hyperparameter per slot.
 
-Adam, SGD and RMSprop act elementwise, so one torch optimiser over ``[S, ...]`` parameters
-steps S independent agents at once. What must not mix seeds is done here per seed: the
-gradient norm, its clipping, and the NaN/inf check that freezes a diverged seed.
+A *slot* is one agent on the leading axis S of every parameter (``[S, ...]`` tensors, see
+`bench.networks`). The slots of one job may come from different grid points of a sweep, so
+each slot has its own learning rate, optimiser hyperparameters and clipping norm; only the
+optimiser type (sgd | adam | rmsprop) is shared. What must not mix slots is per slot too: the
+gradient norm, its clipping, the step counter (Adam's bias correction) and the NaN/inf check
+that freezes a diverged slot.
+
+Why flat buffers: at these network sizes a step costs little but per-call overhead, and
+torch.optim makes several calls per parameter tensor. Here the update runs on one ``[S, P]``
+copy of the parameters (P: parameter elements per slot) and of each state tensor: the
+gradients are gathered into one ``[S, P]`` buffer (one concatenation), then the norm, the
+clipping, the divergence checks and the whole update are a handful of ``[S, P]`` ops, with
+per-slot hyperparameters as ``[S, 1]`` columns, and the new values are copied back into the
+parameters (one multi-tensor copy). The parameters themselves stay ordinary contiguous
+tensors: as strided views of a shared buffer, batched matrix products take other code paths
+for other S (a slot's forward pass would then depend on what shares its process).
+
+Why only plain elementwise ops (add, sub, mul, div, sqrt; no lerp, addcmul, addcdiv, pow): a
+slot's update must be bitwise the same whatever else shares its job. A plain op is rounded
+once, as IEEE requires, on every code path, while a fused one may round differently in a
+kernel's vectorised body and in its scalar tail, whose positions depend on S (and on the
+thread split). The only reductions are per row of an ``[S, P]`` buffer (tested to be
+independent of S). The update rules are torch.optim's single-tensor ones up to that rounding;
+the tests compare each slot with torch.optim run on that slot alone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
 
-
-def build_torch_optimizer(
-    params: Iterable[torch.nn.Parameter], optim_cfg: Mapping[str, Any]
-) -> torch.optim.Optimizer:
-    """The torch optimiser named by ``optim_cfg["name"]`` with the config's hyperparameters."""
-    name = optim_cfg["name"]
-    params = list(params)
-    # Adam and SGD run as one fused kernel per tensor (CPU and CUDA): on CPU about 5x (Adam)
-    # and 2x (SGD) faster than torch's default per-tensor loop at these sizes; same update rule.
-    if name == "adam":
-        return torch.optim.Adam(
-            params, lr=optim_cfg["lr"], betas=tuple(optim_cfg["betas"]), eps=optim_cfg["eps"],
-            weight_decay=optim_cfg["weight_decay"], fused=True,
-        )
-    if name == "sgd":
-        return torch.optim.SGD(
-            params, lr=optim_cfg["lr"], momentum=optim_cfg["momentum"],
-            nesterov=optim_cfg["nesterov"], weight_decay=optim_cfg["weight_decay"], fused=True,
-        )
-    if name == "rmsprop":
-        return torch.optim.RMSprop(
-            params, lr=optim_cfg["lr"], alpha=optim_cfg["alpha"], eps=optim_cfg["eps"],
-            momentum=optim_cfg["momentum"], weight_decay=optim_cfg["weight_decay"],
-        )
-    raise ValueError(f"unknown optim {name!r}; valid choices: {', '.join(OPTIMIZERS)}")
+# Per optimiser, the hyperparameters of a slot's `optim` config that must be >= 0, as
+# torch.optim checks them (Adam's betas must lie in [0, 1), checked apart).
+NON_NEGATIVE = {
+    "adam": ("lr", "eps", "weight_decay"),
+    "sgd": ("lr", "momentum", "weight_decay"),
+    "rmsprop": ("lr", "alpha", "eps", "momentum", "weight_decay"),
+}
 
 
-def per_seed_grad_norm(params: Iterable[torch.nn.Parameter], num_seeds: int) -> torch.Tensor:
-    """L2 norm of each seed's gradient over all parameters: ``[S]`` (float64)."""
-    norms = [torch.linalg.vector_norm(param.grad.reshape(num_seeds, -1), dim=1,
-                                      dtype=torch.float64)
-             for param in params if param.grad is not None]
-    if not norms:
-        return torch.zeros(num_seeds, dtype=torch.float64)
-    return torch.linalg.vector_norm(torch.stack(norms), dim=0)
+def check_optim_configs(optim_cfgs: Sequence[Mapping[str, Any]]) -> str:
+    """The optimiser name that all slots' configs share; ValueError for mixed names, an
+    unknown name or a value torch.optim would refuse."""
+    names = sorted({str(cfg["name"]) for cfg in optim_cfgs})
+    if len(names) != 1:
+        raise ValueError(f"all slots of one optimiser must share its name; found {names}")
+    name = names[0]
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optim {name!r}; valid choices: {', '.join(OPTIMIZERS)}")
+    for slot, cfg in enumerate(optim_cfgs):
+        for key in NON_NEGATIVE[name]:
+            if not float(cfg[key]) >= 0.0:
+                raise ValueError(f"slot {slot}: optim.{key} must be >= 0, got {cfg[key]!r}")
+        if name == "adam" and not all(0.0 <= float(beta) < 1.0 for beta in cfg["betas"]):
+            raise ValueError(f"slot {slot}: optim.betas must lie in [0, 1), got {cfg['betas']!r}")
+        if name == "sgd" and cfg["nesterov"] and not float(cfg["momentum"]) > 0.0:
+            raise ValueError(f"slot {slot}: nesterov momentum needs optim.momentum > 0")
+    return name
 
 
-def clip_per_seed(
-    params: Iterable[torch.nn.Parameter], grad_norm: torch.Tensor, max_norm: float
-) -> None:
-    """Scale each seed's gradient to norm at most `max_norm` (torch's clip_grad_norm_ rule)."""
-    scale = (max_norm / (grad_norm + 1e-6)).clamp(max=1.0)
-    for param in params:
-        if param.grad is not None:
-            shape = (-1,) + (1,) * (param.grad.dim() - 1)
-            param.grad.mul_(scale.to(param.grad).view(shape))
+class SlotOptimizer:
+    """SGD, Adam or RMSprop over S slots' parameters (leading axis S), every hyperparameter
+    per slot; a diverged slot is frozen where it was.
 
+    ``optim_cfgs[s]`` is slot s's `optim` config node (conf/optim/*.yaml: adam has lr, betas,
+    eps, weight_decay; sgd lr, momentum, nesterov, weight_decay; rmsprop lr, alpha, eps,
+    momentum, weight_decay; weight decay is an L2 term added to the gradient, as in
+    torch.optim) and ``max_grad_norm[s]`` its clipping norm (None: no clipping).
 
-def nonfinite_per_seed(params: Iterable[torch.nn.Parameter], num_seeds: int) -> torch.Tensor:
-    """Whether any parameter of each seed is NaN or inf: bool ``[S]`` (a per-seed sum is
-    finite exactly when its terms are, unless it overflows, which counts as divergence too)."""
-    sums = torch.stack([param.detach().reshape(num_seeds, -1).sum(dim=1) for param in params])
-    return ~torch.isfinite(sums.sum(dim=0))
+    Construction copies the parameters into the flat buffer `flat_params` ``[S, P]``, which
+    is the master copy from then on: build the optimiser once the network is on its device
+    (``net.to(device)``) and change the parameters only through `step`. Gradients are read
+    from each parameter's ``.grad`` (None counts as zero) into `flat_grads` at every step.
 
-
-class SeedOptimizer:
-    """Steps S seeds' parameters (leading axis S); a diverged seed is frozen where it was."""
+    Per slot, on the parameters' device: `diverged` (bool ``[S]``), `base_learning_rate` (the
+    configured lr) and `learning_rate` (the current one), both float64 ``[S]``, and
+    `step_count`. A slot that is skipped or diverged takes no step at all: its parameters,
+    optimiser state and step counter stay as they were, so its trajectory is the one
+    torch.optim gives on that slot alone when ``step()`` is not called for it.
+    """
 
     def __init__(
         self,
         params: Iterable[torch.nn.Parameter],
-        optim_cfg: Mapping[str, Any],
-        num_seeds: int,
-        max_grad_norm: float | None,
+        optim_cfgs: Sequence[Mapping[str, Any]],
+        max_grad_norm: Sequence[float | None],
     ) -> None:
         self.params = list(params)
-        self.num_seeds = num_seeds
-        self.max_grad_norm = max_grad_norm
-        self.optimizer = build_torch_optimizer(self.params, optim_cfg)
-        self.diverged = torch.zeros(num_seeds, dtype=torch.bool, device=self.params[0].device)
+        if not self.params or self.params[0].dim() == 0:
+            raise ValueError("SlotOptimizer needs parameters with a leading slot axis")
+        first = self.params[0]
+        self.num_slots, self._device, self._dtype = first.shape[0], first.device, first.dtype
+        for param in self.params:
+            if (param.dim() == 0 or param.shape[0] != self.num_slots
+                    or param.device != first.device or param.dtype != first.dtype):
+                raise ValueError(
+                    f"every parameter must be [{self.num_slots}, ...] on {first.device} as "
+                    f"{first.dtype}; got {tuple(param.shape)} on {param.device} as {param.dtype}"
+                )
+        if len({id(param) for param in self.params}) != len(self.params):
+            raise ValueError("a parameter appears more than once")
+        if len(optim_cfgs) != self.num_slots or len(max_grad_norm) != self.num_slots:
+            raise ValueError(
+                f"{self.num_slots} slots but {len(optim_cfgs)} optim configs and "
+                f"{len(max_grad_norm)} max grad norms"
+            )
+        self.name = check_optim_configs(optim_cfgs)
+        self._update: Callable[[torch.Tensor], None] = getattr(self, f"_{self.name}")
+        # On CPU a host-side flag costs nothing: only the frozen slots' rows are saved and put
+        # back, when there are any. Elsewhere reading it would wait for the device, so every step
+        # snapshots the state and selects per slot instead, with no host synchronisation.
+        self._sync_free = self._device.type != "cpu"
+        self._init_hyperparameters(optim_cfgs, max_grad_norm)
+        self._flatten()
+        self.diverged = torch.zeros(self.num_slots, dtype=torch.bool, device=self._device)
+        self.base_learning_rate = self._float64([cfg["lr"] for cfg in optim_cfgs])
+        self.set_learning_rate(self.base_learning_rate)
+
+    def _float64(self, values: Sequence[Any]) -> torch.Tensor:
+        """Config values (one per slot, or rows of them) as a float64 tensor."""
+        values = [[float(v) for v in row] if isinstance(row, list) else float(row)
+                  for row in values]
+        return torch.tensor(values, dtype=torch.float64, device=self._device)
+
+    def _column(self, values: Sequence[Any]) -> torch.Tensor:
+        """Per-slot values as an ``[S, 1]`` column in the parameters' dtype, rounded once from
+        float64 (as torch.optim's kernels round its Python-float hyperparameters)."""
+        return self._float64(values).to(self._dtype).unsqueeze(1)
+
+    def _init_hyperparameters(
+        self, cfgs: Sequence[Mapping[str, Any]], max_grad_norm: Sequence[float | None]
+    ) -> None:
+        """The per-slot hyperparameter columns, which optional terms any slot needs (weight
+        decay, momentum, nesterov), the clipping norms and the per-slot counters."""
+        column, hyper = self._column, {}
+        self._weight_decay = any(float(cfg["weight_decay"]) != 0.0 for cfg in cfgs)
+        if self._weight_decay:
+            hyper["weight_decay"] = column([cfg["weight_decay"] for cfg in cfgs])
+        self._momentum = self.name != "adam" and any(float(cfg["momentum"]) != 0 for cfg in cfgs)
+        if self._momentum:
+            hyper["momentum"] = column([cfg["momentum"] for cfg in cfgs])
+        self._nesterov = self.name == "sgd" and any(bool(cfg["nesterov"]) for cfg in cfgs)
+        if self._nesterov:  # direction = grad * a + buffer * b: (1, momentum) or (0, 1)
+            hyper["nesterov_grad"] = column([float(bool(cfg["nesterov"])) for cfg in cfgs])
+            hyper["nesterov_buffer"] = column(
+                [cfg["momentum"] if cfg["nesterov"] else 1.0 for cfg in cfgs])
+        if self.name == "adam":
+            betas = [(float(cfg["betas"][0]), float(cfg["betas"][1])) for cfg in cfgs]
+            hyper["one_minus_beta1"] = column([1.0 - beta1 for beta1, _ in betas])
+            hyper["beta2"] = column([beta2 for _, beta2 in betas])
+            hyper["one_minus_beta2"] = column([1.0 - beta2 for _, beta2 in betas])
+            self._eps64 = self._float64([cfg["eps"] for cfg in cfgs])
+        if self.name == "rmsprop":
+            hyper["alpha"] = column([cfg["alpha"] for cfg in cfgs])
+            hyper["one_minus_alpha"] = column([1.0 - float(cfg["alpha"]) for cfg in cfgs])
+            hyper["eps"] = column([cfg["eps"] for cfg in cfgs])
+        self._hyper: dict[str, torch.Tensor] = hyper
+        self._max_norm = None
+        if any(norm is not None for norm in max_grad_norm):  # no max norm: scale 1
+            self._max_norm = self._float64([math.inf if n is None else n for n in max_grad_norm])
+
+        # Counters per slot (float64, saved and restored with the state): the steps taken and,
+        # for Adam, the bias corrections c2 = 1 - beta2^t and c1 = 1 - beta1^t by the recurrence
+        # c <- beta c + (1 - beta) (torch.pow may round differently in the vectorised body of
+        # its kernel and in the scalar tail).
+        if self.name == "adam":
+            self._counter_decay = self._float64([[1.0, b2, b1] for b1, b2 in betas])
+            self._counter_increment = self._float64([[1.0, 1.0 - b2, 1.0 - b1] for b1, b2 in betas])
+            self._counters = torch.zeros(self.num_slots, 3, dtype=torch.float64,
+                                         device=self._device)
+            self._c2, self._c1 = self._counters[:, 1:2], self._counters[:, 2:3]
+            # Adam's coefficients of each step, [S, 2]: (lr sqrt(c2) / c1, eps sqrt(c2)), in
+            # float64 and in the parameters' dtype (views of tensors updated in place).
+            self._root_c2 = torch.empty_like(self._c2)
+            self._coefficients64 = torch.empty(self.num_slots, 2, dtype=torch.float64,
+                                               device=self._device)
+            self._step_size64 = self._coefficients64[:, :1]
+            self._coefficients = torch.empty_like(self._coefficients64, dtype=self._dtype)
+            self._step_size, self._eps_hat = self._coefficients.split(1, dim=1)
+        else:
+            self._counter_increment = torch.ones(1, dtype=torch.float64, device=self._device)
+            self._counters = torch.zeros(self.num_slots, 1, dtype=torch.float64,
+                                         device=self._device)
+
+    def _flatten(self) -> None:
+        """Copy the parameters into the flat buffers that the update runs on."""
+        # Row 0 of `_buffers` holds the parameters, the others the optimiser state (Adam: the
+        # moments; SGD: momentum; RMSprop: square average, momentum), so that one op saves or
+        # restores every state of a set of slots.
+        num_state = {"adam": 2, "sgd": int(self._momentum), "rmsprop": 1 + int(self._momentum)}
+        sizes = [param[0].numel() for param in self.params]
+        shape, like = (self.num_slots, sum(sizes)), {"dtype": self._dtype, "device": self._device}
+        self._buffers = torch.zeros(1 + num_state[self.name], *shape, **like)
+        self.flat_params, *self._state = self._buffers.unbind(0)
+        self.flat_grads = torch.zeros(shape, **like)
+        scratch = ["work"] + ["decayed"] * self._weight_decay + ["nesterov"] * self._nesterov
+        self._scratch = dict(zip(scratch, torch.empty(len(scratch), *shape, **like), strict=True))
+        # Each parameter's column block of `flat_params`, shaped like the parameter.
+        self._param_views = [view.view(param.shape) for view, param in zip(
+            self.flat_params.split(sizes, dim=1), self.params, strict=True)]
+        with torch.no_grad():
+            torch._foreach_copy_(self._param_views, [param.detach() for param in self.params])
+        for param in self.params:
+            param.grad = torch.zeros_like(param)
 
     @property
-    def learning_rate(self) -> float:
-        return float(self.optimizer.param_groups[0]["lr"])
+    def learning_rate(self) -> torch.Tensor:
+        """The current learning rate of each slot: float64 ``[S]``."""
+        return self._learning_rate
+
+    @property
+    def step_count(self) -> torch.Tensor:
+        """The number of steps each slot has taken: int64 ``[S]``."""
+        return self._counters[:, 0].to(torch.int64)
+
+    def set_learning_rate(self, learning_rate: torch.Tensor) -> None:
+        """Set each slot's learning rate, ``[S]`` (annealing passes base_learning_rate * frac)."""
+        learning_rate = torch.as_tensor(learning_rate, dtype=torch.float64, device=self._device)
+        if learning_rate.shape != (self.num_slots,):
+            raise ValueError(
+                f"learning rate must be [{self.num_slots}], got {tuple(learning_rate.shape)}")
+        self._learning_rate = learning_rate.clone()
+        if self.name == "adam":  # the step size, computed at each step, includes the lr
+            self._lr_eps = torch.stack([self._learning_rate, self._eps64], dim=1)
+        else:
+            self._hyper["lr"] = self._learning_rate.to(self._dtype).unsqueeze(1)
 
     def zero_grad(self) -> None:
-        self.optimizer.zero_grad(set_to_none=False)
-
-    def set_learning_rate(self, learning_rate: float) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate
+        """Zero the parameters' gradients in place (never None, so backward accumulates)."""
+        for param in self.params:
+            if param.grad is None:
+                param.grad = torch.zeros_like(param)
+        torch._foreach_zero_([param.grad for param in self.params])
 
     def step(
         self, reduced_loss: torch.Tensor, skip: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Clip and apply the accumulated gradients of the seeds that have not diverged.
+        """Clip and apply the accumulated gradients of the slots that have not diverged.
 
-        A seed whose loss or gradient is NaN/inf is marked diverged and its parameters stay
-        where they are for good; one whose parameters become NaN/inf in this step (a finite
-        gradient that overflows them) is marked diverged too, with the parameters it got. Seeds
-        where ``skip [S]`` is True (e.g. PPO's per-seed early stop) are not stepped: their
-        parameters and per-parameter optimiser state (moments, momentum) are kept as they
-        were; the step counter that Adam shares over its tensors still advances.
-        Returns the per-seed gradient norm before clipping ``[S]`` and the seeds that
-        diverged at this step (bool ``[S]``), on the parameters' device.
+        A slot whose loss ``reduced_loss [S]`` or gradient is NaN/inf is marked diverged and
+        its parameters and optimiser state stay where they are for good; one whose parameters
+        become NaN/inf in this step (a finite gradient that overflows them) is marked diverged
+        too, with the parameters it got. Slots where ``skip [S]`` is True (e.g. PPO's per-slot
+        early stop; on the parameters' device) take no step: parameters, optimiser state and
+        step counter unchanged.
+        Gradients are clipped per slot to its max norm by torch's clip_grad_norm_ rule.
+        Returns the per-slot gradient L2 norm over all parameters before clipping (float64
+        ``[S]``) and the slots that diverged at this step (bool ``[S]``), on the parameters'
+        device.
         """
-        device = self.diverged.device
-        stepping = ~self.diverged if skip is None else ~self.diverged & ~skip.to(device)
-        grad_norm = per_seed_grad_norm(self.params, self.num_seeds)
-        newly_diverged = (~torch.isfinite(reduced_loss) | ~torch.isfinite(grad_norm)) & stepping
-        if self.max_grad_norm is not None:
-            clip_per_seed(self.params, grad_norm, self.max_grad_norm)
-        # Only the seeds that must not move are copied (usually none: one host check).
-        frozen = torch.nonzero(~stepping | newly_diverged).flatten()
-        saved = self._copy(frozen) if len(frozen) else None
-        self.optimizer.step()
-        if saved is not None:
-            self._restore(frozen, saved)
-        newly_diverged |= nonfinite_per_seed(self.params, self.num_seeds) & stepping
+        self._gather_grads()
+        grads = self.flat_grads
+        stepping = ~self.diverged if skip is None else ~(self.diverged | skip)
+        # float64: the norm of finite float32 gradients is finite, and so is its sum with a
+        # finite float32 loss (one finiteness check for both).
+        grad_norm = torch.linalg.vector_norm(grads, dim=1, dtype=torch.float64)
+        finite = (reduced_loss.detach() + grad_norm).abs() < math.inf
+        moving = stepping & finite
+        if self._max_norm is not None:
+            scale = (self._max_norm / (grad_norm + 1e-6)).clamp_(max=1.0)
+            grads.mul_(scale.to(self._dtype).unsqueeze(1))
+
+        saved = self._save(moving)
+        if self.name == "adam":
+            self._counters.mul_(self._counter_decay)
+        self._counters.add_(self._counter_increment)
+        self._update(self._decayed(grads))
+        self._restore(moving, saved)
+        with torch.no_grad():
+            torch._foreach_copy_([param.data for param in self.params], self._param_views)
+
+        # A per-slot sum is finite exactly when its terms are, unless it overflows, which counts
+        # as divergence too.
+        params_finite = self.flat_params.sum(dim=1).abs_() < math.inf
+        newly_diverged = stepping & ~(finite & params_finite)
         self.diverged |= newly_diverged
         return grad_norm, newly_diverged
 
-    def _copy(self, seeds: torch.Tensor) -> dict[tuple[int, str], torch.Tensor]:
-        """Copies of the `seeds`' slices of every seed-axis tensor (parameters and state)."""
-        return {key: tensor[seeds].clone() for key, tensor in self._seed_tensors().items()}
+    def _gather_grads(self) -> None:
+        """Copy the parameters' gradients into `flat_grads` (one op; a None gradient is 0)."""
+        grads = [torch.zeros_like(param) if param.grad is None else param.grad
+                 for param in self.params]
+        torch.cat([grad.reshape(self.num_slots, -1) for grad in grads], dim=1,
+                  out=self.flat_grads)
 
-    def _restore(self, seeds: torch.Tensor, saved: dict[tuple[int, str], torch.Tensor]) -> None:
-        """Put the `seeds`' slices back to `saved`; state that the step created starts from
-        zero (Adam/RMSprop moments)."""
-        with torch.no_grad():
-            for key, current in self._seed_tensors().items():
-                current[seeds] = saved[key] if key in saved else 0.0
+    def _save(self, moving: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
+        """What the update must not change for the slots that are not `moving`: all slots'
+        state (sync-free), or the frozen slots' indices and rows, or None (all slots move)."""
+        if self._sync_free:
+            return self._buffers.clone(), self._counters.clone()
+        if bool(moving.all()):
+            return None
+        frozen = torch.nonzero(~moving).flatten()
+        return frozen, self._buffers.index_select(1, frozen), self._counters.index_select(0, frozen)
 
-    def _seed_tensors(self) -> dict[tuple[int, str], torch.Tensor]:
-        """The parameters and their optimiser state tensors that carry the seed axis (live
-        tensors, by (parameter index, state name))."""
-        tensors = {}
-        for index, param in enumerate(self.params):
-            tensors[index, "param"] = param.data
-            for name, value in self.optimizer.state.get(param, {}).items():
-                if torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == self.num_seeds:
-                    tensors[index, name] = value
-        return tensors
+    def _restore(self, moving: torch.Tensor, saved: tuple[torch.Tensor, ...] | None) -> None:
+        """Put back the state of the slots that are not `moving` (see `_save`)."""
+        if self._sync_free:
+            buffers, counters = saved
+            torch.where(moving.view(1, -1, 1), self._buffers, buffers, out=self._buffers)
+            torch.where(moving.view(-1, 1), self._counters, counters, out=self._counters)
+        elif saved is not None:
+            frozen, buffers, counters = saved
+            self._buffers.index_copy_(1, frozen, buffers)
+            self._counters.index_copy_(0, frozen, counters)
+
+    def _decayed(self, grads: torch.Tensor) -> torch.Tensor:
+        """The gradient with weight decay: grad + weight_decay * param (L2, as torch.optim)."""
+        if not self._weight_decay:
+            return grads
+        decayed = self._scratch["decayed"]
+        torch.mul(self.flat_params, self._hyper["weight_decay"], out=decayed)
+        return decayed.add_(grads)
+
+    def _sgd(self, grads: torch.Tensor) -> None:
+        """torch.optim.SGD, dampening 0: buf = momentum buf + g (buf starts at 0, so its first
+        value is g, as torch's); param -= lr d with d = g + momentum buf (nesterov), buf
+        (momentum) or g."""
+        hyper, work = self._hyper, self._scratch["work"]
+        direction = grads
+        if self._momentum:
+            direction = self._state[0].mul_(hyper["momentum"]).add_(grads)
+            if self._nesterov:
+                nesterov = torch.mul(grads, hyper["nesterov_grad"], out=self._scratch["nesterov"])
+                direction = torch.mul(direction, hyper["nesterov_buffer"], out=work).add_(nesterov)
+        torch.mul(direction, hyper["lr"], out=work)
+        self.flat_params.sub_(work)
+
+    def _adam(self, grads: torch.Tensor) -> None:
+        """torch.optim.Adam: m += (1 - beta1)(g - m); v = beta2 v + (1 - beta2) g^2;
+        param -= lr / c1 * m / (sqrt(v) / sqrt(c2) + eps) with the slot's own bias corrections
+        c1 = 1 - beta1^t, c2 = 1 - beta2^t, computed as (lr sqrt(c2) / c1) m / (sqrt(v) +
+        eps sqrt(c2)) (Kingma and Ba's efficient form: one op fewer)."""
+        hyper, work = self._hyper, self._scratch["work"]
+        first, second = self._state
+        torch.sqrt(self._c2, out=self._root_c2)
+        torch.mul(self._lr_eps, self._root_c2, out=self._coefficients64)
+        self._step_size64.div_(self._c1)
+        self._coefficients.copy_(self._coefficients64)
+        torch.sub(grads, first, out=work)
+        first.add_(work.mul_(hyper["one_minus_beta1"]))
+        second.mul_(hyper["beta2"])
+        torch.mul(grads, grads, out=work)
+        second.add_(work.mul_(hyper["one_minus_beta2"]))
+        torch.sqrt(second, out=work)
+        torch.div(first, work.add_(self._eps_hat), out=work)
+        self.flat_params.sub_(work.mul_(self._step_size))
+
+    def _rmsprop(self, grads: torch.Tensor) -> None:
+        """torch.optim.RMSprop, not centered: sq = alpha sq + (1 - alpha) g^2;
+        u = g / (sqrt(sq) + eps); param -= lr buf with buf = momentum buf + u (momentum; buf
+        starts at 0), or param -= lr u."""
+        hyper, work = self._hyper, self._scratch["work"]
+        square_avg = self._state[0].mul_(hyper["alpha"])
+        torch.mul(grads, grads, out=work)
+        square_avg.add_(work.mul_(hyper["one_minus_alpha"]))
+        torch.sqrt(square_avg, out=work)
+        torch.div(grads, work.add_(hyper["eps"]), out=work)
+        if self._momentum:
+            buffer = self._state[1].mul_(hyper["momentum"]).add_(work)
+            torch.mul(buffer, hyper["lr"], out=work)
+        else:
+            work.mul_(hyper["lr"])
+        self.flat_params.sub_(work)

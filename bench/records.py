@@ -1,4 +1,5 @@
-"""Turning one collection or one gradient step into result rows (shared by the algorithms)."""
+"""Turning one collection or one gradient step into result rows (shared by the algorithms),
+and handing each slot's rows to its grid point's recorder."""
 
 from __future__ import annotations
 
@@ -8,7 +9,46 @@ import torch
 from bench.advantages import masked_mean
 from bench.reductions import trajectory_lengths
 from bench.rollout import FinishedEpisodes
+from bench.slots import Slots
 from bench.store import RunRecorder
+
+
+class PackRecorder:
+    """The rows of a process's slots, kept by grid point: one `RunRecorder` per point, whose
+    file holds that point's seeds only. Rows come in with slot indices (into `Slots`)."""
+
+    def __init__(self, slots: Slots) -> None:
+        self.slots = slots
+        self.recorders = [
+            RunRecorder(point.run_key, point.seeds, identity_columns(point.config), point.swept)
+            for point in slots.points
+        ]
+        self._local = slots.local_seed_index()
+
+    def add_episodes(self, slot_index: np.ndarray, columns: dict[str, np.ndarray]) -> None:
+        self._dispatch("add_episodes", slot_index, columns)
+
+    def add_updates(self, slot_index: np.ndarray, columns: dict[str, np.ndarray]) -> None:
+        self._dispatch("add_updates", slot_index, columns)
+
+    def _dispatch(self, method: str, slot_index: np.ndarray,
+                  columns: dict[str, np.ndarray]) -> None:
+        points = self.slots.point_index[slot_index]
+        for p in np.unique(points):
+            rows = points == p
+            getattr(self.recorders[p], method)(
+                self._local[slot_index[rows]], {k: v[rows] for k, v in columns.items()})
+
+
+def identity_columns(config: dict) -> dict:
+    """The identity columns of a grid point's rows (besides run key and seed)."""
+    return {
+        "algo": config["algo"]["name"],
+        "env": config["env"]["name"],
+        "reduction": config["reduction"]["name"],
+        "optim": config["optim"]["name"],
+        "lr": float(config["optim"]["lr"]),
+    }
 
 
 def running_index(seed_index: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -30,7 +70,7 @@ def approx_kl(
 
 
 def record_episodes(
-    recorder: RunRecorder, finished: FinishedEpisodes, episodes_done: np.ndarray,
+    recorder: PackRecorder, finished: FinishedEpisodes, episodes_done: np.ndarray,
     wall_time: float,
 ) -> None:
     """One episode row per finished episode; advances the per-seed `episodes_done` counts."""
@@ -50,7 +90,7 @@ TERM_COLUMNS = {"policy_loss": "policy_loss", "value_loss": "value_loss", "entro
                 "clipped": "clip_fraction"}
 # Per-seed values of a gradient step, stacked in this order on the device.
 _STEP_VALUES = ("stepped", "loss", *TERM_COLUMNS.values(), "approx_kl", "grad_norm",
-                "batch_steps", "batch_trajectories", "diverged")
+                "learning_rate", "batch_steps", "batch_trajectories", "diverged")
 
 
 class UpdateRows:
@@ -58,7 +98,7 @@ class UpdateRows:
     recorder in one transfer (`flush`), so a gradient step never waits for the host."""
 
     def __init__(self) -> None:
-        self._pending: list[tuple[torch.Tensor, float, np.ndarray, float]] = []
+        self._pending: list[tuple[torch.Tensor, np.ndarray, float]] = []
 
     def add(
         self,
@@ -70,15 +110,17 @@ class UpdateRows:
         kl: torch.Tensor,
         grad_norm: torch.Tensor,
         newly_diverged: torch.Tensor,
-        learning_rate: float,
+        learning_rate: torch.Tensor,
         env_steps: np.ndarray,
         wall_time: float,
     ) -> None:
-        """One gradient step on the steps `valid` ``[S, K]``: a row for each seed where
-        ``stepped [S]``. Per-step terms are averaged over valid steps (unweighted)."""
+        """One gradient step on the steps `valid` ``[S, K]``: a row for each slot where
+        ``stepped [S]``, with its ``learning_rate [S]``. Per-step terms are averaged over valid
+        steps (unweighted)."""
         nan = torch.full_like(grad_norm, float("nan"))
         values = {
             "stepped": stepped, "loss": loss, "approx_kl": kl, "grad_norm": grad_norm,
+            "learning_rate": learning_rate,
             "batch_steps": valid.sum(dim=1),
             "batch_trajectories": (trajectory_lengths(valid, trajectory) > 0).sum(dim=1),
             "diverged": newly_diverged,
@@ -87,16 +129,16 @@ class UpdateRows:
             values[column] = masked_mean(terms[term], valid) if term in terms else nan
         stacked = torch.stack([values[name].detach().to(torch.float64)
                                for name in _STEP_VALUES])
-        self._pending.append((stacked, learning_rate, env_steps.copy(), wall_time))
+        self._pending.append((stacked, env_steps.copy(), wall_time))
 
-    def flush(self, recorder: RunRecorder, updates_done: np.ndarray) -> np.ndarray:
-        """Write the pending rows (advancing the per-seed `updates_done`); returns the seeds
+    def flush(self, recorder: PackRecorder, updates_done: np.ndarray) -> np.ndarray:
+        """Write the pending rows (advancing the per-slot `updates_done`); returns the slots
         that diverged in them (bool ``[S]``)."""
         if not self._pending:
             return np.zeros(len(updates_done), dtype=bool)
         table = torch.stack([values for values, *_ in self._pending]).cpu().numpy()
         diverged = np.zeros(len(updates_done), dtype=bool)
-        for step_values, (_, learning_rate, env_steps, wall_time) in zip(
+        for step_values, (_, env_steps, wall_time) in zip(
             table, self._pending, strict=True
         ):
             row = dict(zip(_STEP_VALUES, step_values, strict=True))
@@ -107,8 +149,7 @@ class UpdateRows:
                 "update": updates_done[seed_index],
                 "env_step": env_steps[seed_index],
                 **{name: row[name][seed_index] for name in
-                   ("loss", *TERM_COLUMNS.values(), "approx_kl", "grad_norm")},
-                "learning_rate": np.full(len(seed_index), learning_rate),
+                   ("loss", *TERM_COLUMNS.values(), "approx_kl", "grad_norm", "learning_rate")},
                 "batch_steps": row["batch_steps"][seed_index].astype(np.int64),
                 "batch_trajectories": row["batch_trajectories"][seed_index].astype(np.int64),
                 "diverged": newly_diverged,

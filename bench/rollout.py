@@ -1,8 +1,12 @@
 """Rollout storage and batch collection, per seed and in lockstep, on the job's device.
 
-A `Batch` holds, for every seed, M = E * T step slots laid out sub-env-major (slot
-``m = e * T + t``), so each trajectory's steps are contiguous and ``view(S, E, T)`` recovers
-time. ``valid`` marks the slots that hold a transition of the batch.
+A `Batch` holds, for every slot (grid point and seed, `bench.slots`), M step positions laid
+out sub-env-major in ``num_envs`` blocks of T (position ``m = e * T + t``), so each
+trajectory's steps are contiguous and ``view(S, num_envs, T)`` recovers time. ``valid``
+marks the positions that hold a transition of the batch. A step batch has one block per
+sub-env (every sub-env takes T steps). An episode batch is one block per slot: each slot's
+kept steps, sub-env after sub-env, packed to the front, so where a slot's steps lie depends on
+its own episodes only and not on how long another slot's are (which decides M).
 
 Two ways to fill a batch (``algo.batch_unit``):
 
@@ -47,12 +51,12 @@ class Batch:
     terminated: torch.Tensor  # bool: last step, and the episode reached a terminal state
     truncated: torch.Tensor  # bool: last step, and the time limit cut the episode
     cut: torch.Tensor  # bool: last step, and the batch ended while the episode ran on
-    num_envs: int
+    num_blocks: int  # blocks of contiguous time: one per sub-env, or one per slot
 
     @property
-    def steps_per_env(self) -> int:
-        """T, the time length of each sub-env's block of slots."""
-        return self.valid.shape[1] // self.num_envs
+    def block_length(self) -> int:
+        """T, the time length of each block of positions."""
+        return self.valid.shape[1] // self.num_blocks
 
 
 @dataclass
@@ -141,53 +145,58 @@ class _Collector:
     ) -> tuple[Batch, FinishedEpisodes]:
         """Stack per-step fields into a `Batch` and the episodes that ended in it.
 
-        Either ``kept [S, E, T]``: which steps belong to the batch, each sub-env's kept steps
-        packed to the front of its block; or ``acting [S]``: every step of the acting seeds'
-        sub-envs belongs to it (T per block). ``cut [S, E, T]`` marks batch-end cuts (of an
-        unpacked batch).
+        Either ``kept [S, E, T]``: which steps belong to the batch, packed into one block per
+        slot; or ``acting [S]``: every step of the acting slots' sub-envs belongs to it (one
+        block of T per sub-env). ``cut [S, E, T]`` marks batch-end cuts (of a step batch).
         """
         num_seeds, num_envs = self.shape
         data = {name: torch.stack([step[name] for step in steps], dim=2) for name in steps[0]}
+        self.env_steps = self._env_steps.cpu().numpy()
         if kept is None:
             valid = acting[:, None, None].expand(num_seeds, num_envs, len(steps))
+            ended = data["last"] & valid
+            episodes = self._episodes(ended, data)
+            trajectory = (torch.arange(num_envs, device=self.device)[None, :, None] * len(steps)
+                          + data["trajectory_in_env"])
+            cut = torch.zeros_like(valid) if cut is None else cut & valid
+            fields = {name: data[name] for name in ("obs", "next_obs", "actions", "log_probs",
+                                                    "rewards", "terminated", "truncated")}
+            fields.update(valid=valid, trajectory=torch.where(valid, trajectory, 0),
+                          last=ended | cut, cut=cut)
+            blocks = num_envs
         else:
-            # Slot of each kept step within its sub-env's block; the others go to a spare
-            # slot past the end, which is dropped.
-            position = kept.cumsum(dim=2) - 1
-            length = int(kept.sum(dim=2).max()) if kept.numel() else 0
-            target = torch.where(kept, position, length)
-            for name, values in data.items():
-                index = target.view(*target.shape, *([1] * (values.dim() - 3)))
-                packed = values.new_zeros((num_seeds, num_envs, length + 1, *values.shape[3:]))
-                packed.scatter_(2, index.expand_as(values), values)
-                data[name] = packed[:, :, :length]
-            valid = torch.arange(length, device=self.device) < kept.sum(dim=2, keepdim=True)
-        steps_per_env = valid.shape[2]
-        trajectory = (torch.arange(num_envs, device=self.device)[None, :, None] * steps_per_env
-                      + data["trajectory_in_env"])
-        trajectory = torch.where(valid, trajectory, 0)
-        cut = torch.zeros_like(valid) if cut is None else cut & valid
-        ended = data["last"] & valid
-        self.env_steps = self._env_steps.cpu().numpy()
-        episodes = self._episodes(ended, data)
+            ended = data["last"] & kept
+            episodes = self._episodes(ended, data)
+            # Trajectory ids run on from sub-env to sub-env within the slot.
+            per_env = torch.where(kept, data["trajectory_in_env"] + 1, 0).amax(dim=2)
+            offsets = (per_env.cumsum(dim=1) - per_env)[:, :, None]
+            fields = {name: data[name] for name in ("obs", "next_obs", "actions", "log_probs",
+                                                    "rewards", "terminated", "truncated")}
+            fields.update(trajectory=data["trajectory_in_env"] + offsets, last=ended,
+                          cut=torch.zeros_like(kept))
+            # Position of each kept step within its slot; the others go to a spare position
+            # past the end, which is dropped.
+            flat_kept = kept.reshape(num_seeds, -1)
+            counts = flat_kept.sum(dim=1, keepdim=True)
+            length = int(counts.max()) if counts.numel() else 0
+            target = torch.where(flat_kept, flat_kept.cumsum(dim=1) - 1, length)
+            for name, values in fields.items():
+                values = values.reshape(num_seeds, -1, *values.shape[3:])
+                index = target.view(*target.shape, *([1] * (values.dim() - 2)))
+                packed = values.new_zeros((num_seeds, length + 1, *values.shape[2:]))
+                packed.scatter_(1, index.expand_as(values), values)
+                fields[name] = packed[:, None, :length]
+            fields["valid"] = (torch.arange(length, device=self.device) < counts)[:, None]
+            blocks = 1
+        for name in ("terminated", "truncated", "last", "trajectory"):
+            fields[name] = fields[name] & fields["valid"] if name != "trajectory" else \
+                torch.where(fields["valid"], fields[name], 0)
 
-        def slots(tensor: torch.Tensor) -> torch.Tensor:
-            return tensor.reshape(num_seeds, num_envs * steps_per_env, *tensor.shape[3:])
+        def positions(tensor: torch.Tensor) -> torch.Tensor:
+            return tensor.reshape(num_seeds, -1, *tensor.shape[3:])
 
-        batch = Batch(
-            obs=slots(data["obs"]),
-            next_obs=slots(data["next_obs"]),
-            actions=slots(data["actions"]),
-            log_probs=slots(data["log_probs"]),
-            rewards=slots(data["rewards"]),
-            valid=slots(valid),
-            trajectory=slots(trajectory),
-            last=slots(ended | cut),
-            terminated=slots(data["terminated"] & valid),
-            truncated=slots(data["truncated"] & valid),
-            cut=slots(cut),
-            num_envs=num_envs,
-        )
+        batch = Batch(**{name: positions(values) for name, values in fields.items()},
+                      num_blocks=blocks)
         return batch, episodes
 
     @staticmethod

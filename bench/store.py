@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from bench import schema
 
 # Config keys that decide where results go or how fast a job runs, never what it computes.
-NON_RESULT_KEYS = ("seeds", "results_dir", "name", "threads", "progress_interval_s")
+NON_RESULT_KEYS = ("seeds", "results_dir", "name", "threads", "progress_interval_s", "pack")
 # Nested config values that only the report reads (dotted paths); not part of the run key.
 ANALYSIS_ONLY_PATHS = ("env.reference_scores",)
 PACKAGES = ("torch", "numpy", "gymnasium", "hydra-core", "omegaconf", "pyarrow")
@@ -64,6 +64,17 @@ def data_dir(results_dir: str | Path, name: str) -> Path:
 
 def result_path(results_dir: str | Path, name: str, key: str, seeds: Sequence[int]) -> Path:
     return data_dir(results_dir, name) / f"{key}-{seed_tag(seeds)}.parquet"
+
+
+def ensure_writable(directory: Path) -> None:
+    """Create `directory` if needed and check that files can be written there, before any
+    training (OSError naming the directory otherwise)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    probe = directory / f".write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+    finally:
+        probe.unlink(missing_ok=True)
 
 
 def completed_seeds(results_dir: str | Path, name: str, key: str) -> dict[int, Path]:

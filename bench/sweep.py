@@ -1,16 +1,22 @@
-"""Sweep bookkeeping for Hydra multiruns: job outcomes, failure records, progress and summary.
+"""Sweep bookkeeping for Hydra multiruns: outcomes, failure records, progress and summary.
+
+A job of a multirun is one process that trains a pack of grid points (`bench.run`; the
+packing sweeper, `hydra_plugins.bench_packing`, forms the packs; with Hydra's basic sweeper
+every job is one grid point). Outcomes are kept per grid point (`JobOutcome`) and gathered per
+job (`PackOutcome`); progress lines and the summary count grid points and seeds.
 
 How Hydra 1.3 treats a job that raises: `hydra.core.utils.run_job` (used by the basic, joblib
 and submitit launchers alike) catches the exception and marks the job FAILED; once the whole
 batch has run, the basic sweeper reads every job's return value, re-raises the first failure
 and the process exits 1, so `on_multirun_end` callbacks never run, no summary is printed and
 later batches (`hydra.sweeper.max_batch_size`) never start. So `bench.run` catches a job's
-exception itself, records it with `record_failure` and returns a failed `JobOutcome`: Hydra
+exception itself, records it with `record_failure` and returns failed `JobOutcome`s: Hydra
 sees a completed job. `SweepCallback` (a Hydra callback, `hydra.callbacks.sweep` in
 conf/config.yaml) then does the sweep's bookkeeping:
 
 - `on_multirun_start` (main process): removes stale temporary result files and writes
-  `<sweep dir>/sweep.json` with the number of jobs the basic sweeper will launch;
+  `<sweep dir>/sweep.json` with the number of grid points of the sweep (the packing sweeper
+  adds the number of jobs and seeds once it has formed its packs);
 - `on_job_start` / `on_job_end` (in the process that runs the job: the main process, a joblib
   worker or a submitit job): a progress line each, and the job's outcome as `outcome.json` in
   its Hydra output directory, so outcomes reach the main process through the file system
@@ -49,9 +55,12 @@ from bench import store
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
 OUTCOME_FILE = "outcome.json"
 MANIFEST_FILE = "sweep.json"
+# The packing sweeper's pack files, <sweep dir>/packs/<n>.json: the grid points of job n.
+PACKS_DIR = "packs"
 SUMMARY_FILE = "summary.json"
 FAILURES_DIR = "failures"
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+PACKING_SWEEPER = "hydra_plugins.bench_packing.packing_sweeper.PackingSweeper"
 # Launchers whose jobs print to their own log files rather than to the sweep's terminal.
 DETACHED_LAUNCHERS = (
     "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher",
@@ -72,7 +81,7 @@ NOT_LABEL_KEYS = (*store.NON_RESULT_KEYS, "experiment")
 
 @dataclass
 class JobOutcome:
-    """What one job of a sweep did; returned by the task function, stored as outcome.json."""
+    """What became of one grid point of a sweep (part of its job's `PackOutcome`)."""
 
     status: str  # DONE (trained and wrote a file), SKIPPED (already complete) or FAILED
     overrides: list[str]
@@ -82,10 +91,28 @@ class JobOutcome:
     path: str | None = None  # the file written (DONE)
     error: str | None = None  # "<exception type>: <message>" (FAILED)
     failure_record: str | None = None  # results/<name>/failures/<id>.json (FAILED)
+    grid_index: int | None = None  # 1-based position of the grid point in the sweep's grid
+
+
+
+@dataclass
+class PackOutcome:
+    """What one job (process) of a sweep did: one outcome per grid point it held; returned by
+    the task function, stored as outcome.json."""
+
+    overrides: list[str]  # the job's own overrides
+    points: list[JobOutcome]
+
+    @property
+    def status(self) -> str:
+        """FAILED if any grid point failed, else DONE if any trained, else SKIPPED."""
+        statuses = {point.status for point in self.points}
+        return next((s for s in (FAILED, DONE) if s in statuses), SKIPPED)
 
     @classmethod
-    def from_file(cls, path: Path) -> JobOutcome:
-        return cls(**json.loads(path.read_text()))
+    def from_file(cls, path: Path) -> PackOutcome:
+        content = json.loads(path.read_text())
+        return cls(content["overrides"], [JobOutcome(**point) for point in content["points"]])
 
 
 def write_json(path: Path, content: Any) -> None:
@@ -163,10 +190,10 @@ def remove_stale_temporaries(
     return removed
 
 
-def planned_jobs(config: DictConfig) -> int | None:
-    """How many jobs the multirun launches: the size of the basic sweeper's grid
-    (`hydra.sweeper.params` updated by the command line); None for other sweepers."""
-    if config.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
+def planned_points(config: DictConfig) -> int | None:
+    """How many grid points the multirun covers: the size of the grid (`hydra.sweeper.params`
+    updated by the command line) for the basic and the packing sweeper; None for others."""
+    if config.hydra.sweeper.get("_target_") not in (BASIC_SWEEPER, PACKING_SWEEPER):
         return None
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
@@ -183,26 +210,32 @@ def read_manifest(config: DictConfig) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def read_outcomes(sweep_dir: Path) -> dict[int, JobOutcome]:
-    """The outcomes stored so far in a sweep directory, by job number (its subdirectory)."""
+def read_outcomes(sweep_dir: Path) -> dict[int, PackOutcome]:
+    """The job outcomes stored so far in a sweep directory, by job number (its subdirectory)."""
     outcomes = {
-        int(path.parent.name): JobOutcome.from_file(path)
+        int(path.parent.name): PackOutcome.from_file(path)
         for path in sweep_dir.glob(f"*/{OUTCOME_FILE}")
         if path.parent.name.isdigit()
     }
     return dict(sorted(outcomes.items()))
 
 
-def count_statuses(outcomes: Iterable[JobOutcome]) -> dict[str, int]:
-    """{DONE: n, SKIPPED: n, FAILED: n}."""
-    statuses = [outcome.status for outcome in outcomes]
+def grid_points(outcomes: Iterable[PackOutcome]) -> list[JobOutcome]:
+    """The grid-point outcomes of job outcomes, in job order."""
+    return [point for outcome in outcomes for point in outcome.points]
+
+
+def count_statuses(points: Iterable[JobOutcome]) -> dict[str, int]:
+    """{DONE: n, SKIPPED: n, FAILED: n} over grid points."""
+    statuses = [point.status for point in points]
     return {status: statuses.count(status) for status in (DONE, SKIPPED, FAILED)}
 
 
-def finished_line(outcomes: dict[int, JobOutcome], total: int | None) -> str:
-    """'5/28 finished: 3 done, 1 skipped, 1 failed'."""
-    counts = count_statuses(outcomes.values())
-    return (f"{len(outcomes)}/{total or '?'} finished: {counts[DONE]} done, "
+def finished_line(outcomes: dict[int, PackOutcome], total: int | None) -> str:
+    """'5/28 grid points finished: 3 done, 1 skipped, 1 failed'."""
+    points = grid_points(outcomes.values())
+    counts = count_statuses(points)
+    return (f"{len(points)}/{total or '?'} grid points finished: {counts[DONE]} done, "
             f"{counts[SKIPPED]} skipped, {counts[FAILED]} failed")
 
 
@@ -230,15 +263,16 @@ def say_listed(lines: Sequence[str]) -> None:
         say(f"  ... and {len(lines) - MAX_LISTED} more in {SUMMARY_FILE}")
 
 
-def returned_outcome(job_return: JobReturn) -> JobOutcome:
-    """The `JobOutcome` the task function returned; a failed one if it returned none (or
-    raised, which `bench.run` never lets happen)."""
+def returned_outcome(job_return: JobReturn) -> PackOutcome:
+    """The `PackOutcome` the task function returned; one failed grid point if it returned
+    none (or raised, which `bench.run` never lets happen)."""
     if job_return.status == JobStatus.COMPLETED and isinstance(
-        job_return.return_value, JobOutcome
+        job_return.return_value, PackOutcome
     ):
         return job_return.return_value
-    return JobOutcome(FAILED, list(job_return.overrides or []),
-                      error="the job returned no outcome; see its Hydra log")
+    overrides = list(job_return.overrides or [])
+    return PackOutcome(overrides, [JobOutcome(
+        FAILED, overrides, error="the job returned no outcome; see its Hydra log")])
 
 
 class FinishedJobsWatcher(threading.Thread):
@@ -263,9 +297,16 @@ class FinishedJobsWatcher(threading.Thread):
         self.join()
 
 
+def pack_file(config: DictConfig) -> Path | None:
+    """The pack file of a packed job (`pack=<n>`), None for a job of one grid point."""
+    if config.get("pack") is None:
+        return None
+    return Path(config.hydra.sweep.dir) / PACKS_DIR / f"{config.pack}.json"
+
+
 class SweepCallback(Callback):
     """Hydra callback: stale-file cleanup, per-job progress, outcome files, the sweep summary
-    and a non-zero exit when a job failed (see the module docstring)."""
+    and a non-zero exit when a grid point failed (see the module docstring)."""
 
     def __init__(self) -> None:
         self.job_started = time.monotonic()
@@ -281,20 +322,32 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.remove_stale_temporaries(config)
         sweep_dir = Path(config.hydra.sweep.dir)
-        jobs = planned_jobs(config)
+        points = planned_points(config)
         write_json(sweep_dir / MANIFEST_FILE,
-                   {"name": config.name, "jobs": jobs, "started": time.time()})
-        say(f"{config.name}: {jobs if jobs is not None else 'an unknown number of'} jobs; "
-            f"Hydra output in {sweep_dir}")
+                   {"name": config.name, "points": points, "started": time.time()})
+        say(f"{config.name}: {points if points is not None else 'an unknown number of'} "
+            f"grid points; Hydra output in {sweep_dir}")
         if config.hydra.launcher.get("_target_") in DETACHED_LAUNCHERS:
-            self.watcher = FinishedJobsWatcher(sweep_dir, jobs, WATCH_INTERVAL_S)
+            self.watcher = FinishedJobsWatcher(sweep_dir, points, WATCH_INTERVAL_S)
             self.watcher.start()
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if config.hydra.mode != RunMode.MULTIRUN:
             return
         self.job_started = time.monotonic()
-        say(f"job {self.job_number(config)} started: {job_label(config.hydra.overrides.task)}")
+        label = job_label(config.hydra.overrides.task)
+        path = pack_file(config)
+        if path is None:
+            say(f"job {self.job_number(config)} started: {label}")
+            return
+        points = json.loads(path.read_text())
+        seeds = sum(len(point["seeds"]) for point in points)
+        noun = "grid point" if len(points) == 1 else "grid points"
+        say(f"job {self.job_number(config)} started: {label}: {len(points)} {noun}, "
+            f"{seeds} slots")
+        shared = set(config.hydra.overrides.task)
+        for point in points if len(points) > 1 else []:
+            say(f"  {job_label(o for o in point['overrides'] if o not in shared)}")
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if config.hydra.mode != RunMode.MULTIRUN:
@@ -304,9 +357,11 @@ class SweepCallback(Callback):
                    dataclasses.asdict(outcome))
         outcomes = read_outcomes(Path(config.hydra.sweep.dir))
         status = outcome.status.upper() if outcome.status == FAILED else outcome.status
+        counts = count_statuses(outcome.points)
+        own = ", ".join(f"{n} {status}" for status, n in counts.items() if n)
         say(f"job {self.job_number(config)} {status} in "
-            f"{format_duration(time.monotonic() - self.job_started)} | "
-            f"{finished_line(outcomes, read_manifest(config).get('jobs'))}")
+            f"{format_duration(time.monotonic() - self.job_started)} ({own}) | "
+            f"{finished_line(outcomes, read_manifest(config).get('points'))}")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.watcher is not None:
@@ -314,29 +369,35 @@ class SweepCallback(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         manifest = read_manifest(config)
         outcomes = read_outcomes(sweep_dir)
-        counts = count_statuses(outcomes.values())
-        planned = manifest.get("jobs") or len(outcomes)
-        missing = max(planned - len(outcomes), 0)
+        points = grid_points(outcomes.values())
+        counts = count_statuses(points)
+        planned = manifest.get("points") or len(points)
+        missing = max(planned - len(points), 0)
+        seeds = sum(len(point.seeds) for point in points)
         elapsed = format_duration(time.time() - manifest.get("started", time.time()))
         say(
-            f"{config.name}: {len(outcomes)}/{planned} jobs finished in {elapsed}: "
+            f"{config.name}: {len(points)}/{planned} grid points finished in {elapsed}: "
             f"{counts[DONE]} done, {counts[SKIPPED]} skipped (already complete), "
             f"{counts[FAILED]} failed" + (f", {missing} without an outcome" if missing else "")
+            + f" | {seeds} seeds in {len(outcomes)} processes"
         )
-        diverged = {n: o for n, o in outcomes.items() if o.diverged_seeds}
+        numbered = [(point.grid_index or n, point) for n, point in enumerate(points, start=1)]
+        diverged = [(n, point) for n, point in numbered if point.diverged_seeds]
         if diverged:
-            seeds = sum(len(o.diverged_seeds) for o in diverged.values())
-            say(f"diverged: {seeds} seeds in {len(diverged)} of {len(outcomes)} jobs")
-        say_listed([f"  job {n + 1} {job_label(o.overrides)} (run {o.run_key}): "
-                    f"seeds {o.diverged_seeds}" for n, o in diverged.items()])
-        say_listed([f"FAILED job {n + 1} {job_label(o.overrides)}: "
-                    f"{first_line(o.error)} -> {o.failure_record}"
-                    for n, o in outcomes.items() if o.status == FAILED])
+            count = sum(len(point.diverged_seeds) for _, point in diverged)
+            say(f"diverged: {count} seeds in {len(diverged)} of {len(points)} grid points")
+        say_listed([f"  grid point {n} {job_label(point.overrides)} (run {point.run_key}): "
+                    f"seeds {point.diverged_seeds}" for n, point in diverged])
+        say_listed([f"FAILED grid point {n} {job_label(point.overrides)}: "
+                    f"{first_line(point.error)} -> {point.failure_record}"
+                    for n, point in numbered if point.status == FAILED])
         write_json(sweep_dir / SUMMARY_FILE, {
             **manifest,
             "finished": time.time(),
             "counts": {**counts, "without_outcome": missing},
-            "jobs": {n + 1: dataclasses.asdict(o) for n, o in outcomes.items()},
+            "seeds": seeds,
+            "processes": len(outcomes),
+            "outcomes": {n + 1: dataclasses.asdict(o) for n, o in outcomes.items()},
         })
         say(f"summary: {sweep_dir / SUMMARY_FILE}")
         if counts[FAILED] or missing:
@@ -349,5 +410,6 @@ class SweepCallback(Callback):
 
     @staticmethod
     def job_number(config: DictConfig) -> str:
-        """'3/28': the job's 1-based number in the sweep and the sweep's size."""
-        return f"{config.hydra.job.num + 1}/{read_manifest(config).get('jobs') or '?'}"
+        """'3/28': the job's 1-based number in the sweep and the number of jobs."""
+        manifest = read_manifest(config)
+        return f"{config.hydra.job.num + 1}/{manifest.get('jobs') or manifest.get('points') or '?'}"

@@ -116,31 +116,31 @@ def actor_critic_batch(seed: int = 0):
     return net, rollout, valid
 
 
-def gradient_of(net, losses, weights) -> list[torch.Tensor]:
+def gradient_of(net, losses, batch, weights) -> list[torch.Tensor]:
     net.zero_grad()
-    reductions.backward(Reduction("sum"), losses, weights)
+    reductions.backward(Reduction("sum"), losses, batch, weights)
     return [p.grad.clone() for p in net.parameters()]
+
+
+def coefficients(num_slots: int = 3) -> dict[str, torch.Tensor]:
+    values = {"value_coef": 0.5, "entropy_coef": 0.01, "clip_coef": 0.2}
+    return {name: torch.full((num_slots, 1), value) for name, value in values.items()}
 
 
 @pytest.mark.parametrize("name", ["sum", "mean", "traj_mean"])
 @pytest.mark.parametrize("algorithm", [a2c, ppo])
 def test_rollout_scope_minibatch_gradients_sum_to_the_rollout_gradient(name, algorithm) -> None:
     net, rollout, valid = actor_critic_batch()
-    algo = {"value_coef": 0.5, "entropy_coef": 0.01, "clip_coef": 0.2, "clip_value_loss": True}
+    losses = partial(algorithm.step_losses, net=net, algo={"clip_value_loss": True},
+                     coef=coefficients())
     reduction = Reduction(name)
     rollout_weights = reductions.step_weights(reduction, valid, rollout["trajectory"])
-    full = gradient_of(
-        net,
-        partial(algorithm.step_losses, net=net, minibatch=rollout, algo=algo),
-        rollout_weights,
-    )
+    full = gradient_of(net, losses, rollout, rollout_weights)
     summed = [torch.zeros_like(g) for g in full]
     for index, mask in MinibatchSampler([0, 1, 2], 4, "steps").epoch(valid, rollout["trajectory"]):
         minibatch = {key: gather_slots(value, index) for key, value in rollout.items()}
         weights = gather_slots(rollout_weights, index) * mask
-        parts = gradient_of(
-            net, partial(algorithm.step_losses, net=net, minibatch=minibatch, algo=algo), weights
-        )
+        parts = gradient_of(net, losses, minibatch, weights)
         summed = [a + b for a, b in zip(summed, parts, strict=True)]
     for a, b in zip(summed, full, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
@@ -157,12 +157,12 @@ def test_minibatch_scope_weights_use_the_minibatch_only() -> None:
 
 def test_per_step_loop_matches_sum_for_ppo_losses() -> None:
     net, rollout, valid = actor_critic_batch()
-    algo = {"value_coef": 0.5, "entropy_coef": 0.01, "clip_coef": 0.2, "clip_value_loss": True}
-    losses = partial(ppo.step_losses, net=net, minibatch=rollout, algo=algo)
+    losses = partial(ppo.step_losses, net=net, algo={"clip_value_loss": True},
+                     coef=coefficients())
     weights = reductions.step_weights(Reduction("sum"), valid, rollout["trajectory"])
-    expected = gradient_of(net, losses, weights)
+    expected = gradient_of(net, losses, rollout, weights)
     net.zero_grad()
-    reductions.backward(Reduction("per_step"), losses, weights)
+    reductions.backward(Reduction("per_step"), losses, rollout, weights)
     for p, g in zip(net.parameters(), expected, strict=True):
         torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6)
 

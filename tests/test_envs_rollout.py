@@ -123,9 +123,8 @@ def test_each_seed_gets_exactly_its_episodes_and_waits_for_the_others(backend: s
         lengths = sorted(len(slots) for slots in trajectories(batch, s).values())
         recorded = sorted(episodes.episode_length[episodes.seed_index == s].tolist())
         assert lengths == recorded  # every counted episode is whole and in the batch
-        # Quota: sub-env 0 runs 3 episodes, sub-env 1 runs 2 (trajectory id = e * T + k).
-        per_env = np.bincount(np.array(list(trajectories(batch, s))) // batch.steps_per_env)
-        assert per_env.tolist() == [3, 2]
+        # Trajectory ids run on over the sub-envs (sub-env 0 runs 3 episodes, sub-env 1 two).
+        assert sorted(trajectories(batch, s)) == [0, 1, 2, 3, 4] and batch.num_blocks == 1
         # Counted transitions never exceed the seed's env steps (discarded ones are extra).
         assert batch.valid[s].sum() <= collect.env_steps[s]
     # The next collection starts every counted episode afresh.
@@ -152,7 +151,7 @@ def test_step_batches_have_exactly_their_steps_and_carry_the_env_state_on() -> N
     assert paused_batch.valid.sum(dim=1).tolist() == [steps, 0]
     for batch, _ in batches:
         assert batch.valid.sum(dim=1).tolist() == [steps, steps]
-        assert batch.steps_per_env == steps // num_envs
+        assert batch.block_length == steps // num_envs
     assert collect.env_steps.tolist() == [5 * steps, 4 * steps]
 
     for s, seed in enumerate(seeds):

@@ -1,4 +1,4 @@
-"""Seed-batched networks and the per-seed optimiser: independence across the seed axis."""
+"""Seed-batched networks and the per-slot optimiser: independence across the leading axis."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bench.networks import Policy, ValueFunction
-from bench.optim import SeedOptimizer
+from bench.optim import SlotOptimizer
 
 ADAM = {"name": "adam", "lr": 0.01, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0}
 
@@ -52,9 +52,9 @@ def test_discrete_sampling_follows_the_policy_probabilities() -> None:
     torch.testing.assert_close(frequencies, probs, atol=0.015, rtol=0)
 
 
-def test_grad_norm_and_clipping_are_per_seed() -> None:
+def test_grad_norm_and_clipping_are_per_slot() -> None:
     net = policy([0, 1, 2])
-    optimizer = SeedOptimizer(net.parameters(), ADAM, num_seeds=3, max_grad_norm=0.5)
+    optimizer = SlotOptimizer(net.parameters(), [ADAM] * 3, [0.5] * 3)
     scale = torch.tensor([1.0, 100.0, 0.001])
     (net.body(torch.ones(3, 2, 4)).sum(dim=(1, 2)) * scale).sum().backward()
     expected_norms = torch.stack(
@@ -68,30 +68,27 @@ def test_grad_norm_and_clipping_are_per_seed() -> None:
     assert not diverged.any()
 
 
-def test_grad_clipping_matches_torch_for_each_seed() -> None:
+def test_grad_clipping_matches_torch_for_each_slot() -> None:
     nets = [policy([seed]) for seed in (0, 1)]
     batched = policy([0, 1])
     obs = torch.randn(2, 5, 4)
-    optimizer = SeedOptimizer(
-        batched.parameters(),
-        {**ADAM, "name": "sgd", "momentum": 0.0, "nesterov": False},
-        2,
-        max_grad_norm=0.1,
-    )
+    sgd = {"name": "sgd", "lr": ADAM["lr"], "momentum": 0.0, "nesterov": False, "weight_decay": 0.0}
+    max_norms = [0.1, 0.05]
+    optimizer = SlotOptimizer(batched.parameters(), [sgd, sgd], max_norms)
     (batched.body(obs).pow(2).sum(dim=(1, 2)) * 50).sum().backward()
     optimizer.step(torch.zeros(2))
     for s, net in enumerate(nets):
         single = torch.optim.SGD(net.parameters(), lr=ADAM["lr"])
         (net.body(obs[s : s + 1]).pow(2).sum() * 50).backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 0.1)
+        torch.nn.utils.clip_grad_norm_(net.parameters(), max_norms[s])
         single.step()
         for a, b in zip(net.parameters(), batched.parameters(), strict=True):
             torch.testing.assert_close(a[0], b[s], rtol=1e-5, atol=1e-7)
 
 
-def test_a_diverged_seed_is_frozen_and_the_others_go_on() -> None:
+def test_a_diverged_slot_is_frozen_and_the_others_go_on() -> None:
     net = policy([0, 1, 2])
-    optimizer = SeedOptimizer(net.parameters(), ADAM, num_seeds=3, max_grad_norm=None)
+    optimizer = SlotOptimizer(net.parameters(), [ADAM] * 3, [None] * 3)
     before = [p.detach().clone() for p in net.parameters()]
     loss = net.body(torch.ones(3, 2, 4)).sum(dim=(1, 2))
     loss.sum().backward()

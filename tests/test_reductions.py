@@ -88,8 +88,8 @@ class TinyModel(torch.nn.Module):
         )
         self.inputs = inputs
 
-    def step_losses(self, slots: slice) -> dict[str, torch.Tensor]:
-        projection = (self.inputs[:, slots] * self.theta[:, None, :]).sum(-1)
+    def step_losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        projection = (batch["inputs"] * self.theta[:, None, :]).sum(-1)
         return {"loss": projection.pow(2) + projection}
 
 
@@ -97,7 +97,7 @@ def gradient(name: str, inputs: torch.Tensor, valid: torch.Tensor, trajectory: t
     model = TinyModel(inputs)
     reduction = Reduction(name, alpha=0.5, max_length=50)
     weights = reductions.step_weights(reduction, valid, trajectory)
-    reduced, _ = reductions.backward(reduction, model.step_losses, weights)
+    reduced, _ = reductions.backward(reduction, model.step_losses, {"inputs": inputs}, weights)
     return model.theta.grad.clone(), reduced
 
 
@@ -148,6 +148,29 @@ def test_seeds_do_not_leak(name: str, data) -> None:
     after, _ = gradient(name, changed, valid, trajectory)
     torch.testing.assert_close(after[[0, 2]], before[[0, 2]], rtol=0, atol=0)
     assert not torch.allclose(after[1], before[1])
+
+
+def test_each_slot_gets_its_own_reductions_weights() -> None:
+    """One reduction per slot: each row equals that reduction's weights computed alone."""
+    valid, trajectory, _ = ragged_batch(torch.Generator().manual_seed(4))
+    per_slot = [Reduction("length_power", alpha=0.3), Reduction("mean"),
+                Reduction("constant", max_length=7)]
+    mixed = reductions.step_weights(per_slot, valid, trajectory)
+    for s, reduction in enumerate(per_slot):
+        alone = reductions.step_weights(reduction, valid[s : s + 1], trajectory[s : s + 1])
+        assert torch.equal(mixed[s : s + 1], alone)
+    with pytest.raises(ValueError, match="per_step"):
+        reductions.SlotReductions((Reduction("per_step"), Reduction("sum")))
+
+
+def test_slot_sum_does_not_depend_on_padding() -> None:
+    """Zeros appended to a row (another slot's longer batch) leave its sum bit for bit."""
+    values = torch.randn(3, 135, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    expected = reductions.slot_sum(values)
+    for width in (136, 200, 640):
+        padded = torch.nn.functional.pad(values, (0, width - 135))
+        assert torch.equal(reductions.slot_sum(padded), expected)
+    torch.testing.assert_close(expected, values.sum(dim=1))
 
 
 def test_unknown_reduction_names_the_choices() -> None:

@@ -44,7 +44,7 @@ def hand_batch() -> Batch:
         valid=torch.ones(1, 6, dtype=torch.bool),
         trajectory=torch.tensor([[0, 0, 1, 1, 2, 2]]),
         last=last,
-        num_envs=1,
+        num_blocks=1,
         **as_bool,
     )
 
@@ -62,7 +62,7 @@ def algo(**options) -> dict:
 
 
 def test_zero_completion_is_the_plain_reward_to_go_of_each_segment() -> None:
-    returns, advantages = returns_and_advantages(hand_batch(), critic, algo())
+    returns, advantages = returns_and_advantages(hand_batch(), critic, algo(), GAMMA)
     expected = [1 + 0.5 * 2, 2, 3 + 0.5 * 4, 4, 5 + 0.5 * 6, 6]
     torch.testing.assert_close(returns, torch.tensor([expected]))
     torch.testing.assert_close(advantages, returns)
@@ -71,7 +71,7 @@ def test_zero_completion_is_the_plain_reward_to_go_of_each_segment() -> None:
 def test_bootstrap_completes_cut_segments_and_optionally_truncations_with_the_critic() -> None:
     boot = GAMMA * CRITIC_VALUE
     returns, _ = returns_and_advantages(
-        hand_batch(), critic, algo(baseline="value", cut_episode="bootstrap")
+        hand_batch(), critic, algo(baseline="value", cut_episode="bootstrap"), GAMMA
     )
     cut_tail = [5 + 0.5 * (6 + boot), 6 + boot]
     torch.testing.assert_close(returns, torch.tensor([[2.0, 2, 5, 4, *cut_tail]]))
@@ -79,6 +79,7 @@ def test_bootstrap_completes_cut_segments_and_optionally_truncations_with_the_cr
         hand_batch(),
         critic,
         algo(baseline="value", cut_episode="bootstrap", truncation="bootstrap"),
+        GAMMA,
     )
     truncated_tail = [3 + 0.5 * (4 + boot), 4 + boot]
     torch.testing.assert_close(returns, torch.tensor([[2.0, 2, *truncated_tail, *cut_tail]]))
@@ -88,7 +89,7 @@ def test_bootstrap_completes_cut_segments_and_optionally_truncations_with_the_cr
 def test_drop_leaves_the_cut_segment_out() -> None:
     batch = drop_cut_segments(hand_batch())
     assert batch.valid.tolist() == [[True, True, True, True, False, False]]
-    returns, advantages = returns_and_advantages(batch, critic, algo(baseline="batch_mean"))
+    returns, advantages = returns_and_advantages(batch, critic, algo(baseline="batch_mean"), GAMMA)
     kept = torch.tensor([2.0, 2, 5, 4])
     torch.testing.assert_close(returns[0, :4], kept)
     torch.testing.assert_close(advantages[0, :4], kept - kept.mean())
@@ -96,7 +97,7 @@ def test_drop_leaves_the_cut_segment_out() -> None:
 
 
 def test_total_return_of_a_segment_is_its_return_from_its_first_step() -> None:
-    returns, _ = returns_and_advantages(hand_batch(), critic, algo(returns="total"))
+    returns, _ = returns_and_advantages(hand_batch(), critic, algo(returns="total"), GAMMA)
     torch.testing.assert_close(returns, torch.tensor([[2.0, 2, 5, 5, 8, 8]]))
 
 

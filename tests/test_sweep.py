@@ -50,7 +50,7 @@ def run_seed_pairs(experiment_dir: Path) -> list[tuple[str, int]]:
 
 def summary_counts(stderr: str) -> tuple[int, int, int, int, int]:
     """(finished, planned, done, skipped, failed) from the sweep's summary line."""
-    match = re.search(r"\[sweep\] \w+: (\d+)/(\d+) jobs finished in \S+: (\d+) done, "
+    match = re.search(r"\[sweep\] \w+: (\d+)/(\d+) grid points finished in \S+: (\d+) done, "
                       r"(\d+) skipped \(already complete\), (\d+) failed", stderr)
     assert match, stderr[-3000:]
     return tuple(int(group) for group in match.groups())
@@ -89,7 +89,7 @@ def test_killed_sweep_resumes_with_exactly_the_missing_jobs(tmp_path):
     skipped = re.findall(r"^skip .* already complete in (\S+)$", rerun.stderr, re.MULTILINE)
     assert sorted(tmp_path / path for path in skipped) == complete
     assert summary_counts(rerun.stderr) == (6, 6, 6 - len(complete), len(complete), 0)
-    assert re.search(r"\[sweep\] job [1-6]/6 (done|skipped) in .* \| 6/6 finished",
+    assert re.search(r"\[sweep\] job [12]/2 (done|skipped) in .* \| 6/6 grid points finished",
                      rerun.stderr)
     assert not stale.exists() and young.exists()
     assert f"removed {stale.relative_to(tmp_path)}," in rerun.stderr
@@ -124,9 +124,10 @@ def test_a_failing_job_is_recorded_and_the_others_go_on(tmp_path):
     assert runtime["run_key"] and "gymnasium" in runtime["traceback"]
     assert "-m bench.run" in runtime["rerun"] and "env.id=Nope-v0" in runtime["rerun"]
     assert all(r["run_key"] is None for r in records if r["error_type"] == "ConfigError")
-    assert "error: job algo.gamma=7 env.id=Nope-v0" in result.stderr
-    assert "[sweep] FAILED job 3 algo.gamma=0.99 env.id=Nope-v0" in result.stderr
-    assert "[sweep] job 4/4 done" in result.stderr  # the last job, after three failures
+    assert "error: grid point algo.gamma=7 env.id=Nope-v0" in result.stderr
+    assert "[sweep] FAILED grid point 3 algo.gamma=0.99 env.id=Nope-v0" in result.stderr
+    # The last job (env.id=CartPole-v1), its bad grid point failed and its other one trained.
+    assert re.search(r"\[sweep\] job 2/2 FAILED in \S+ \(1 done, 1 failed\)", result.stderr)
     assert "algo.gamma must be in [0, 1], got 7" in result.stderr
     (summary,) = (tmp_path / "default" / "hydra").glob(f"*/{sweep.SUMMARY_FILE}")
     assert json.loads(summary.read_text())["counts"] == {
@@ -155,19 +156,21 @@ def test_diverged_seeds_are_in_the_summary(tmp_path):
     result = multirun(f"results_dir={tmp_path}", "hydra/launcher=basic", "env=pendulum",
                       "optim=sgd", "optim.lr=1e30,1e-3", *TINY)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "[sweep] diverged: 2 seeds in 1 of 2 jobs" in result.stderr
-    assert re.search(r"\[sweep\]   job 1 env=pendulum optim=sgd optim.lr=1e\+30 .*"
+    assert "[sweep] diverged: 2 seeds in 1 of 2 grid points" in result.stderr
+    assert re.search(r"\[sweep\]   grid point 1 env=pendulum optim=sgd optim.lr=1e\+30 .*"
                      r"\(run [0-9a-f]{16}\): seeds \[0, 1\]", result.stderr)
 
 
 def test_submitit_local_launcher(tmp_path):
     result = multirun("+experiment=smoke", f"results_dir={tmp_path}",
-                      "hydra/launcher=submitit_local", "total_steps=600")
+                      "hydra/launcher=submitit_local", "total_steps=600",
+                      "hydra.sweeper.max_slots=2")
     assert result.returncode == 0, result.stderr[-3000:]
     assert summary_counts(result.stderr) == (2, 2, 2, 0, 0)
     assert len(data_files(tmp_path / "smoke")) == 2
     logs = "".join(p.read_text() for p in (tmp_path / "smoke" / "hydra").rglob("*_log.err"))
-    assert "[sweep] job 1/2 started: reduction=mean" in logs
+    assert re.search(r"\[sweep\] job [12]/2 started: reduction=mean .*: 1 grid point, 2 slots",
+                     logs)
 
 
 FAKE_SBATCH = """\
@@ -206,7 +209,8 @@ def test_slurm_launcher_through_a_fake_sbatch(tmp_path):
         (bin_dir / name).chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     result = multirun("+experiment=smoke", f"results_dir={tmp_path}", "total_steps=600",
-                      "hydra/launcher=slurm", "hydra.launcher.partition=cpu", env=env)
+                      "hydra/launcher=slurm", "hydra.launcher.partition=cpu",
+                      "hydra.sweeper.max_slots=2", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert summary_counts(result.stderr) == (2, 2, 2, 0, 0)
     script = (bin_dir / "submitted.sh").read_text()
@@ -221,7 +225,7 @@ def preset_config(preset: str) -> DictConfig:
         return compose("config", overrides=[f"+experiment={preset}"], return_hydra_config=True)
 
 
-# Preset -> (results name, jobs).
+# Preset -> (results name, grid points).
 EXPECTED = {
     "smoke": ("smoke", 2),
     "quick": ("quick", 3 * 2 * 7 * 2),
@@ -243,7 +247,7 @@ def test_preset_grid_and_its_jobs_are_valid(preset):
     algorithm settings (whose checks depend on each other), with every value of the other
     swept keys, is a valid job."""
     config = preset_config(preset)
-    assert (config.name, sweep.planned_jobs(config)) == EXPECTED[preset]
+    assert (config.name, sweep.planned_points(config)) == EXPECTED[preset]
     params = {str(k): str(v).split(",") for k, v in config.hydra.sweeper.params.items()}
     algo_keys = [k for k in params if k == "algo" or k.startswith("algo.")]
     other_keys = [k for k in params if k not in algo_keys]

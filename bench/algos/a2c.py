@@ -19,14 +19,15 @@ from bench.networks import ActorCritic
 
 
 def step_losses(
-    slots: slice, *, net: ActorCritic, minibatch: dict[str, torch.Tensor], algo: dict
+    steps: dict[str, torch.Tensor], *, net: ActorCritic, algo: dict,
+    coef: dict[str, torch.Tensor],
 ) -> dict[str, torch.Tensor]:
-    """A2C's per-step loss terms on the minibatch's step `slots`: ``[S, len(slots)]``."""
-    dist, values = net(minibatch["obs"][:, slots])
-    policy_loss = -dist.log_prob(minibatch["actions"][:, slots]) * minibatch["advantages"][:, slots]
-    value_loss = (values - minibatch["returns"][:, slots]).pow(2)
+    """A2C's per-step loss terms on a batch of steps: ``[S, K]`` (coefficients per slot)."""
+    dist, values = net(steps["obs"])
+    policy_loss = -dist.log_prob(steps["actions"]) * steps["advantages"]
+    value_loss = (values - steps["returns"]).pow(2)
     entropy = dist.entropy()
-    loss = policy_loss + algo["value_coef"] * value_loss - algo["entropy_coef"] * entropy
+    loss = policy_loss + coef["value_coef"] * value_loss - coef["entropy_coef"] * entropy
     return {"loss": loss, "policy_loss": policy_loss, "value_loss": value_loss,
             "entropy": entropy}
 

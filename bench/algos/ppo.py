@@ -24,21 +24,23 @@ from bench.networks import ActorCritic
 
 
 def step_losses(
-    slots: slice, *, net: ActorCritic, minibatch: dict[str, torch.Tensor], algo: dict
+    steps: dict[str, torch.Tensor], *, net: ActorCritic, algo: dict,
+    coef: dict[str, torch.Tensor],
 ) -> dict[str, torch.Tensor]:
-    """PPO's per-step loss terms on the minibatch's step `slots`: ``[S, len(slots)]``."""
-    dist, values = net(minibatch["obs"][:, slots])
-    ratio = (dist.log_prob(minibatch["actions"][:, slots]) - minibatch["log_probs"][:, slots]).exp()
-    advantages, clip = minibatch["advantages"][:, slots], algo["clip_coef"]
-    policy_loss = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip, 1 + clip))
-    returns, old_values = minibatch["returns"][:, slots], minibatch["values"][:, slots]
+    """PPO's per-step loss terms on a batch of steps: ``[S, K]`` (coefficients per slot)."""
+    dist, values = net(steps["obs"])
+    ratio = (dist.log_prob(steps["actions"]) - steps["log_probs"]).exp()
+    advantages, clip = steps["advantages"], coef["clip_coef"]
+    policy_loss = torch.max(-advantages * ratio,
+                            -advantages * torch.clamp(ratio, 1 - clip, 1 + clip))
+    returns, old_values = steps["returns"], steps["values"]
     value_loss = (values - returns).pow(2)
     if algo["clip_value_loss"]:
-        clipped_values = old_values + (values - old_values).clamp(-clip, clip)
+        clipped_values = old_values + torch.clamp(values - old_values, -clip, clip)
         value_loss = torch.max(value_loss, (clipped_values - returns).pow(2))
     value_loss = 0.5 * value_loss
     entropy = dist.entropy()
-    loss = policy_loss + algo["value_coef"] * value_loss - algo["entropy_coef"] * entropy
+    loss = policy_loss + coef["value_coef"] * value_loss - coef["entropy_coef"] * entropy
     return {"loss": loss, "policy_loss": policy_loss, "value_loss": value_loss,
             "entropy": entropy, "clipped": ((ratio - 1).abs() > clip).to(ratio.dtype)}
 

@@ -11,13 +11,13 @@
         3. loss:        l_t = -log pi(a_t|s_t) A_t - c_H H[pi(.|s_t)] + c_V (V(s_t) - R_t)^2 / 2
         4. update:      one gradient step on sum_t w_t l_t, w from the configured reduction
 
-Seeds are a batch axis: every tensor is ``[S, ...]`` and they update in lockstep, a seed
-that has its episodes waiting for the others.
+Slots (grid point, seed) are a batch axis: every tensor is ``[S, ...]`` and they update in
+lockstep, a slot that has its episodes waiting for the others. Learning rates, reductions and
+the scalar coefficients are per slot (`bench.slots`).
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 from functools import partial
 
@@ -26,6 +26,7 @@ import torch
 
 from bench import reductions
 from bench.advantages import (
+    Discount,
     broadcast_from_first_step,
     first_steps,
     masked_mean,
@@ -33,15 +34,14 @@ from bench.advantages import (
     reward_to_go,
     spread_over_trajectory,
 )
-from bench.config import Job, make_reduction
 from bench.envs import make_seed_envs
+from bench.loop import Bookkeeping, slot_optimizer, slot_reductions
 from bench.networks import Policy, ValueFunction
-from bench.optim import SeedOptimizer
 from bench.progress import ProgressLine
-from bench.records import UpdateRows, approx_kl, record_episodes
+from bench.records import PackRecorder, approx_kl
 from bench.rollout import Batch, EpisodeCollector, StepCollector
 from bench.seeding import SeedNoise
-from bench.store import RunRecorder
+from bench.slots import Slots
 
 
 def drop_cut_segments(batch: Batch) -> Batch:
@@ -51,10 +51,10 @@ def drop_cut_segments(batch: Batch) -> Batch:
 
 
 def returns_and_advantages(
-    batch: Batch, critic: ValueFunction | None, algo: dict
+    batch: Batch, critic: ValueFunction | None, algo: dict, gamma: Discount
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-step return targets R_t and advantages A_t, ``[S, M]``."""
-    num_seeds, num_envs, steps = batch.valid.shape[0], batch.num_envs, batch.steps_per_env
+    """Per-step return targets R_t and advantages A_t, ``[S, M]`` (`gamma`: per slot)."""
+    num_seeds, num_envs, steps = batch.valid.shape[0], batch.num_blocks, batch.block_length
     time_major = (num_seeds, num_envs, steps)
     valid = batch.valid
     # Episodes that go on past a trajectory's last step: complete the return with V(s').
@@ -69,7 +69,7 @@ def returns_and_advantages(
             bootstrap = torch.where(continues & valid, critic(batch.next_obs), 0.0)
         bootstrap = bootstrap.view(time_major)
     rewards_to_go = reward_to_go(
-        batch.rewards.view(time_major), batch.last.view(time_major), algo["gamma"], bootstrap
+        batch.rewards.view(time_major), batch.last.view(time_major), gamma, bootstrap
     ).reshape_as(batch.rewards)
     if algo["returns"] == "total":
         # G_0 of each episode is R(tau) = sum_t gamma^t r_t; every step of it gets that value.
@@ -94,100 +94,90 @@ def returns_and_advantages(
 
 
 def per_step_losses(
-    slots: slice,
+    steps: dict[str, torch.Tensor],
     *,
     policy: Policy,
     critic: ValueFunction | None,
-    batch: Batch,
-    advantages: torch.Tensor,
-    returns: torch.Tensor,
-    algo: dict,
+    entropy_coef: torch.Tensor,
+    value_coef: torch.Tensor,
 ) -> dict[str, torch.Tensor]:
-    """l_t = -log pi(a_t|s_t) A_t - c_H H_t [+ c_V (V(s_t) - R_t)^2 / 2] on step `slots`."""
-    dist = policy.distribution(batch.obs[:, slots])
-    policy_loss = -dist.log_prob(batch.actions[:, slots]) * advantages[:, slots]
+    """l_t = -log pi(a_t|s_t) A_t - c_H H_t [+ c_V (V(s_t) - R_t)^2 / 2] on a batch of steps
+    (obs, actions, advantages, returns ``[S, K, ...]``; coefficients per slot ``[S, 1]``)."""
+    dist = policy.distribution(steps["obs"])
+    policy_loss = -dist.log_prob(steps["actions"]) * steps["advantages"]
     entropy = dist.entropy()
     terms = {"policy_loss": policy_loss, "entropy": entropy}
-    loss = policy_loss - algo["entropy_coef"] * entropy
+    loss = policy_loss - entropy_coef * entropy
     if critic is not None:
-        value_loss = 0.5 * (critic(batch.obs[:, slots]) - returns[:, slots]).pow(2)
+        value_loss = 0.5 * (critic(steps["obs"]) - steps["returns"]).pow(2)
         terms["value_loss"] = value_loss
-        loss = loss + algo["value_coef"] * value_loss
+        loss = loss + value_coef * value_loss
     terms["loss"] = loss
     return terms
 
 
-def train(job: Job, recorder: RunRecorder, progress: ProgressLine) -> list[int]:
-    """Train every seed of `job` for `total_steps` env steps; returns the diverged seeds."""
-    config, algo, device = job.config, job.config["algo"], job.device
-    num_seeds, total_steps = len(job.seeds), config["total_steps"]
-    env_cfg = config["env"]
-    envs = make_seed_envs(env_cfg, job.seeds, algo["num_envs"], device)
-    spec = envs.spec
-    network = algo["network"]
+def train(slots: Slots, recorder: PackRecorder, progress: ProgressLine) -> np.ndarray:
+    """Train every slot for `total_steps` env steps; returns the diverged slots (bool [S])."""
+    config, algo, device = slots.config, slots.config["algo"], slots.device
+    total_steps, seeds = config["total_steps"], list(slots.seeds)
+    envs = make_seed_envs(config["env"], seeds, algo["num_envs"], device)
+    spec, network = envs.spec, algo["network"]
     policy = Policy(
-        job.seeds, spec.obs_dim, spec.action_dim, spec.discrete, network["hidden_sizes"],
+        seeds, spec.obs_dim, spec.action_dim, spec.discrete, network["hidden_sizes"],
         network["activation"], network["init_log_std"],
     ).to(device)
     critic = None
     parameters = list(policy.parameters())
     if algo["baseline"] == "value":
         critic = ValueFunction(
-            job.seeds, spec.obs_dim, network["hidden_sizes"], network["activation"]
+            seeds, spec.obs_dim, network["hidden_sizes"], network["activation"]
         ).to(device)
         parameters += list(critic.parameters())
-    optimizer = SeedOptimizer(parameters, config["optim"], num_seeds, algo["max_grad_norm"])
-    reduction = make_reduction(config)
-    noise = SeedNoise(job.seeds, device)
+    optimizer = slot_optimizer(slots, parameters)
+    reduction = slot_reductions(slots)
+    gamma = slots.tensor("algo.gamma")
+    loss_fn = partial(per_step_losses, policy=policy, critic=critic,
+                      entropy_coef=slots.tensor("algo.entropy_coef"),
+                      value_coef=slots.tensor("algo.value_coef"))
+    noise = SeedNoise(seeds, device)
     if algo["batch_unit"] == "episodes":
         collector = EpisodeCollector(envs, policy, noise, algo["episodes_per_update"], device)
     else:
         collector = StepCollector(envs, policy, noise, algo["steps_per_update"], device)
-    episodes_done = np.zeros(num_seeds, dtype=np.int64)
-    updates_done = np.zeros(num_seeds, dtype=np.int64)
-    diverged = np.zeros(num_seeds, dtype=bool)
-    update_rows = UpdateRows()
-    start = time.perf_counter()
+    books = Bookkeeping(slots, recorder, progress)
 
     while True:
-        acting = ~diverged & (collector.env_steps < total_steps)
+        acting = ~books.diverged & (collector.env_steps < total_steps)
         if not acting.any():
             break
 
-        # 1. Rollout: whole episodes or a fixed number of steps per acting seed.
+        # 1. Rollout: whole episodes or a fixed number of steps per acting slot.
         batch, finished = collector.collect(acting)
         if algo["cut_episode"] == "drop":
             batch = drop_cut_segments(batch)
-        record_episodes(recorder, finished, episodes_done, time.perf_counter() - start)
-        progress.add_returns(finished.episode_return)
+        books.episodes(finished)
 
         # 2. Returns and advantages.
-        returns, advantages = returns_and_advantages(batch, critic, algo)
+        returns, advantages = returns_and_advantages(batch, critic, algo, gamma)
 
-        # 3. Per-step losses, computable for any slice of step slots (per_step loops over them).
-        step_losses = partial(
-            per_step_losses, policy=policy, critic=critic, batch=batch,
-            advantages=advantages, returns=returns, algo=algo,
-        )
-
-        # 4. Update: the reduction is the one call that turns per-step losses into gradients.
+        # 3-4. Loss and update: the reduction is the one call that turns per-step losses
+        # into gradients (per_step slices the batch and loops).
         optimizer.zero_grad()
         weights = reductions.step_weights(reduction, batch.valid, batch.trajectory)
-        loss, terms = reductions.backward(reduction, step_losses, weights)
+        steps = {"obs": batch.obs, "actions": batch.actions, "advantages": advantages,
+                 "returns": returns}
+        loss, terms = reductions.backward(reduction, loss_fn, steps, weights)
         stepped = torch.as_tensor(acting, device=device)
         grad_norm, newly_diverged = optimizer.step(loss, skip=~stepped)
 
-        # 5. Record: one row per acting seed, with the KL of the step on the batch.
+        # 5. Record: one row per acting slot, with the KL of the step on the batch.
         with torch.no_grad():
             new_log_probs = policy.distribution(batch.obs).log_prob(batch.actions)
-        update_rows.add(
+        books.update_rows.add(
             stepped, loss, terms, batch.valid, batch.trajectory,
             approx_kl(new_log_probs, batch.log_probs, batch.valid), grad_norm, newly_diverged,
-            optimizer.learning_rate, collector.env_steps, time.perf_counter() - start,
+            optimizer.learning_rate, collector.env_steps, books.elapsed(),
         )
-        diverged |= update_rows.flush(recorder, updates_done)
-        progress.update(collector.env_steps, int(acting.sum()), int(updates_done.max()))
+        books.end_of_collection(collector.env_steps, acting)
 
-    envs.close()
-    progress.update(collector.env_steps, 0, int(updates_done.max()), final=True)
-    return [seed for seed, bad in zip(job.seeds, diverged, strict=True) if bad]
+    return books.finish(envs, collector.env_steps)
