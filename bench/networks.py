@@ -51,15 +51,17 @@ class _SlotAffine(torch.autograd.Function):
         padding = -rows % GRAD_BLOCK
         if num_slots * (rows + padding) == GRAD_BLOCK:
             padding += GRAD_BLOCK  # a batch of one product also takes a path of its own
+        if padding:
+            x = torch.nn.functional.pad(x, (0, 0, 0, padding))
+            grad = torch.nn.functional.pad(grad, (0, 0, 0, padding))
         blocks = (rows + padding) // GRAD_BLOCK
-        x_blocks = torch.nn.functional.pad(x, (0, 0, 0, padding)).view(
-            num_slots * blocks, GRAD_BLOCK, features)
-        grad_blocks = torch.nn.functional.pad(grad, (0, 0, 0, padding)).view(
-            num_slots * blocks, GRAD_BLOCK, grad.shape[2])
-        grad_weight = torch.bmm(x_blocks.transpose(1, 2), grad_blocks).view(
-            num_slots, blocks, features, grad.shape[2]).cumsum(dim=1)[:, -1]
-        grad_bias = grad_blocks.sum(dim=1).view(num_slots, blocks, 1, grad.shape[2]).cumsum(
-            dim=1)[:, -1]
+        x_blocks = x.reshape(num_slots * blocks, GRAD_BLOCK, features)
+        grad_blocks = grad.reshape(num_slots * blocks, GRAD_BLOCK, grad.shape[2])
+        grad_weight = torch.bmm(x_blocks.transpose(1, 2), grad_blocks)
+        grad_bias = grad_blocks.sum(dim=1, keepdim=True)
+        if blocks > 1:  # block sums added in sequence
+            grad_weight = grad_weight.view(num_slots, blocks, features, -1).cumsum(dim=1)[:, -1]
+            grad_bias = grad_bias.view(num_slots, blocks, 1, -1).cumsum(dim=1)[:, -1]
         return grad_x, grad_weight, grad_bias
 
 
