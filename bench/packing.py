@@ -79,6 +79,18 @@ def plan_packs(configs: Sequence[dict[str, Any]], max_slots: int) -> list[list[i
     return sorted(packs, key=lambda pack: pack[0])
 
 
+def longest_first(packs: list[list[int]], configs: Sequence[dict[str, Any]]) -> list[list[int]]:
+    """Packs in the order a launcher should start them: the slowest first (a rough cost:
+    per_step packs, whose loop makes one backward pass per step, before the others; then env
+    steps of all slots), so that parallel workers do not end waiting on one long job."""
+    def cost(pack: list[int]) -> tuple[bool, int]:
+        first = configs[pack[0]]
+        steps = sum(seed_count(configs[i]["seeds"]) for i in pack) * first["total_steps"]
+        return first["reduction"]["name"] == "per_step", steps
+
+    return sorted(packs, key=cost, reverse=True)
+
+
 def shared_overrides(grid: Sequence[Sequence[str]]) -> list[str]:
     """The overrides that every grid point of a pack has, in the first point's order."""
     first, *rest = grid

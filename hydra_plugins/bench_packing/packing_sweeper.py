@@ -15,7 +15,14 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from bench import sweep
-from bench.packing import default_max_slots, plan_packs, seed_count, seed_list, shared_overrides
+from bench.packing import (
+    default_max_slots,
+    longest_first,
+    plan_packs,
+    seed_count,
+    seed_list,
+    shared_overrides,
+)
 
 
 @dataclass
@@ -63,7 +70,7 @@ class PackingSweeper(BasicSweeper):
 
         configs = [self.point_config(point) for point in grid]
         max_slots = self.max_slots or default_max_slots(configs[0])
-        packs = plan_packs(configs, max_slots)
+        packs = longest_first(plan_packs(configs, max_slots), configs)
         jobs = []
         for number, pack in enumerate(packs):
             points = [{"overrides": list(grid[i]), "config": configs[i], "grid_index": i + 1,
