@@ -48,15 +48,18 @@ class _SlotAffine(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         grad_x = torch.bmm(grad, weight.transpose(1, 2)) if ctx.needs_input_grad[0] else None
         num_slots, rows, features = x.shape
-        padding = -rows % GRAD_BLOCK
-        if num_slots * (rows + padding) == GRAD_BLOCK:
-            padding += GRAD_BLOCK  # a batch of one product also takes a path of its own
+        if rows == 1:  # per_step's slices, stepwise updates: an outer product, exact anyway
+            padding, blocks = 0, 1
+        else:
+            padding = -rows % GRAD_BLOCK
+            if num_slots * (rows + padding) == GRAD_BLOCK:
+                padding += GRAD_BLOCK  # a batch of one product takes a path of its own
+            blocks = (rows + padding) // GRAD_BLOCK
         if padding:
             x = torch.nn.functional.pad(x, (0, 0, 0, padding))
             grad = torch.nn.functional.pad(grad, (0, 0, 0, padding))
-        blocks = (rows + padding) // GRAD_BLOCK
-        x_blocks = x.reshape(num_slots * blocks, GRAD_BLOCK, features)
-        grad_blocks = grad.reshape(num_slots * blocks, GRAD_BLOCK, grad.shape[2])
+        x_blocks = x.reshape(num_slots * blocks, -1, features)
+        grad_blocks = grad.reshape(num_slots * blocks, -1, grad.shape[2])
         grad_weight = torch.bmm(x_blocks.transpose(1, 2), grad_blocks)
         grad_bias = grad_blocks.sum(dim=1, keepdim=True)
         if blocks > 1:  # block sums added in sequence

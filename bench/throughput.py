@@ -55,36 +55,6 @@ def steps_per_seed(seeds: int) -> int:
     return STEPS_PER_SEED.get(seeds, DEFAULT_STEPS_PER_SEED)
 
 
-def measure(algo: str, env: str, backend: str, seeds: int, threads: int, device: str,
-            total_steps: int) -> dict:
-    """Run one job of `total_steps` env steps per seed and return its throughput figures."""
-    with tempfile.TemporaryDirectory() as results_dir:
-        command = [
-            sys.executable, "-m", "bench.run", f"algo={algo}", f"env={env}",
-            f"env.backend={backend}", "reduction=mean", f"seeds={seeds}", f"threads={threads}",
-            f"total_steps={total_steps}", f"results_dir={results_dir}",
-            "progress_interval_s=0", f"device={device}",
-        ]
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        stderr = process.stderr.read().decode()
-        _, status, usage = os.wait4(process.pid, 0)
-        process.stderr.close()
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise RuntimeError(f"{' '.join(command)} failed:\n{stderr[-2000:]}")
-        frame = pd.read_parquet(Path(results_dir) / "default" / "data")
-    updates = frame[frame.kind == "update"]
-    env_steps = int(updates.groupby("seed").env_step.max().sum())
-    seconds = float(updates.wall_time.max())
-    return {
-        "algo": algo, "env": env, "backend": backend, "device": device, "seeds": seeds,
-        "threads": threads, "env_steps": env_steps, "seconds": seconds,
-        "env_steps_per_s": env_steps / seconds,
-        "seconds_per_100k_steps_per_seed": seconds / (env_steps / seeds) * 1e5,
-        "peak_rss_mib": usage.ru_maxrss / 1024,
-        "command": " ".join(command[1:]).replace(f"results_dir={results_dir} ", ""),
-    }
-
-
 # The packed grid: every reduction but per_step (its own loop, its own process) x 5 rates.
 PACKED_GRID = ["reduction=sum,mean,traj_mean,traj_step_mean,constant,length_power",
                "optim.lr=1e-4,3e-4,1e-3,3e-3,1e-2", "seeds=20"]
@@ -108,6 +78,26 @@ def run_bench_job(arguments: list[str], results_dir: str) -> tuple[pd.DataFrame,
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{stderr[-2000:]}")
     return pd.read_parquet(Path(results_dir) / "default" / "data"), usage.ru_maxrss / 1024
+
+
+def measure(algo: str, env: str, backend: str, seeds: int, threads: int, device: str,
+            total_steps: int) -> dict:
+    """Run one job of `total_steps` env steps per seed and return its throughput figures."""
+    arguments = [f"algo={algo}", f"env={env}", f"env.backend={backend}", "reduction=mean",
+                 f"seeds={seeds}", f"threads={threads}", f"total_steps={total_steps}",
+                 f"device={device}"]
+    with tempfile.TemporaryDirectory() as results_dir:
+        frame, peak = run_bench_job(arguments, results_dir)
+    updates = frame[frame.kind == "update"]
+    env_steps = int(updates.groupby("seed").env_step.max().sum())
+    seconds = float(updates.wall_time.max())
+    return {
+        "algo": algo, "env": env, "backend": backend, "device": device, "seeds": seeds,
+        "threads": threads, "env_steps": env_steps, "seconds": seconds,
+        "env_steps_per_s": env_steps / seconds,
+        "seconds_per_100k_steps_per_seed": seconds / (env_steps / seeds) * 1e5,
+        "peak_rss_mib": peak, "command": "-m bench.run " + " ".join(arguments),
+    }
 
 
 def measure_packed(algo: str, env: str, device: str, steps_per_slot: int) -> dict:

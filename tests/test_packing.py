@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from bench import schema
 from bench.config import make_job
-from bench.packing import plan_packs
+from bench.packing import longest_first, plan_packs
 from bench.run import train_pack
 from bench.slots import pack_key
 
@@ -135,6 +135,13 @@ def test_planner_splits_large_groups_into_even_packs_of_at_most_max_slots():
     assert plan_packs(configs(*grid), max_slots=20) == [[0, 1], [2, 3], [4]]
     assert plan_packs(configs(*grid), max_slots=30) == [[0, 1, 2], [3, 4]]
     assert plan_packs(configs(*grid), max_slots=5) == [[0], [1], [2], [3], [4]]
+
+
+def test_the_slowest_packs_start_first():
+    grid = [["optim.lr=0.1", "seeds=2"], ["reduction=per_step", "seeds=2"], ["algo=ppo"],
+            ["optim=sgd", "seeds=8"]]
+    points = configs(*grid)
+    assert longest_first(plan_packs(points, max_slots=100), points) == [[1], [3], [2], [0]]
 
 
 def multirun(*overrides: str) -> subprocess.CompletedProcess:

@@ -15,7 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 def test_bench_measures_each_configuration_and_writes_json(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "bench.throughput", "--results-dir", str(tmp_path),
-         "--algos", "ppo", "--seeds", "1", "2", "--threads", "1", "--steps-per-seed", "512"],
+         "--algos", "ppo", "--seeds", "1", "2", "--threads", "1", "--steps-per-seed", "512",
+         "--no-packed", "--no-gradient-step"],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -32,6 +33,20 @@ def test_bench_measures_each_configuration_and_writes_json(tmp_path: Path) -> No
     assert baseline["ratio_to_s1_gymnasium"] == 1.0
     assert report["git_commit"] and report["versions"]["torch"]
     assert "ratio_to_s1_gymnasium" in result.stdout
+
+
+def test_bench_measures_a_packed_job_of_600_slots(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.throughput", "--results-dir", str(tmp_path),
+         "--algos", "a2c", "--no-matrix", "--no-gradient-step", "--steps-per-seed", "40"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (output,) = (tmp_path / "bench").glob("*.json")
+    (row,) = json.loads(output.read_text())["packed"]
+    assert (row["algo"], row["slots"], row["grid_points"]) == ("a2c", 600, 30)
+    assert row["env_steps"] == 600 * 40  # one A2C rollout of 8 x 5 per slot
+    assert row["peak_rss_mib"] > 50 and "Packed jobs" in result.stdout
 
 
 def test_bench_refuses_bad_arguments(tmp_path: Path) -> None:

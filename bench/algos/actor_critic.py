@@ -38,8 +38,6 @@ from bench.slots import Slots
 # step_losses(minibatch, *, net, algo, coef) -> per-step terms [S, K] with "loss": the
 # algorithm's loss on a batch of steps; `coef` holds per-slot coefficients [S, 1].
 StepLosses = Callable[..., dict[str, torch.Tensor]]
-# Per-step tensors of a rollout that minibatches are gathered from.
-MINIBATCH_FIELDS = ("obs", "actions", "log_probs", "advantages", "returns", "values", "trajectory")
 # Per-slot loss coefficients (config paths under `algo`); a missing or null one is +inf.
 COEFFICIENTS = ("value_coef", "entropy_coef", "clip_coef", "target_kl")
 
