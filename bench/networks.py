@@ -37,11 +37,17 @@ class _SlotAffine(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
+    def affine(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """The forward computation (differentiable as it stands where its weight gradient,
+        a sum over one row, is exact: see `SeedLinear.forward`)."""
         if weight.shape[2] == 1:
             return (x * weight.transpose(1, 2)).sum(dim=2, keepdim=True) + bias
         return torch.baddbmm(bias, x, weight)
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        return _SlotAffine.affine(x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
@@ -86,6 +92,11 @@ class SeedLinear(nn.Module):
             self.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The custom backward only matters for a weight gradient summed over several rows;
+        # acting (no gradient) and one-row batches (per_step, stepwise updates) skip its
+        # per-call overhead with the same forward computation.
+        if x.shape[1] == 1 or not torch.is_grad_enabled():
+            return _SlotAffine.affine(x, self.weight, self.bias)
         return _SlotAffine.apply(x, self.weight, self.bias)
 
 
