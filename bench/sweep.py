@@ -251,6 +251,11 @@ def first_line(text: str | None) -> str:
     return (text or "").partition("\n")[0]
 
 
+def count_of(number: int, noun: str, plural: str | None = None) -> str:
+    """'1 job', '3 jobs'; '1 process', '2 processes' (with `plural`)."""
+    return f"{number} {noun if number == 1 else plural or noun + 's'}"
+
+
 def say(message: str) -> None:
     print(f"[sweep] {message}", file=sys.stderr, flush=True)
 
@@ -342,9 +347,8 @@ class SweepCallback(Callback):
             return
         points = json.loads(path.read_text())
         seeds = sum(len(point["seeds"]) for point in points)
-        noun = "grid point" if len(points) == 1 else "grid points"
-        say(f"job {self.job_number(config)} started: {label}: {len(points)} {noun}, "
-            f"{seeds} slots")
+        say(f"job {self.job_number(config)} started: {label}: "
+            f"{count_of(len(points), 'grid point')}, {count_of(seeds, 'slot')}")
         shared = set(config.hydra.overrides.task)
         for point in points if len(points) > 1 else []:
             say(f"  {job_label(o for o in point['overrides'] if o not in shared)}")
@@ -379,7 +383,7 @@ class SweepCallback(Callback):
             f"{config.name}: {len(points)}/{planned} grid points finished in {elapsed}: "
             f"{counts[DONE]} done, {counts[SKIPPED]} skipped (already complete), "
             f"{counts[FAILED]} failed" + (f", {missing} without an outcome" if missing else "")
-            + f" | {seeds} seeds in {len(outcomes)} processes"
+            + f" | {count_of(seeds, 'seed')} in {count_of(len(outcomes), 'process', 'processes')}"
         )
         numbered = [(point.grid_index or n, point) for n, point in enumerate(points, start=1)]
         diverged = [(n, point) for n, point in numbered if point.diverged_seeds]

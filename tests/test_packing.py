@@ -186,7 +186,7 @@ def test_a_bad_grid_point_fails_alone_in_its_pack(tmp_path):
                "algo.episodes_per_update=2", "optim.lr=0.001,-1"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1
-    assert "packed into 1 jobs" in result.stderr
+    assert "packed into 1 job of" in result.stderr
     assert "2/2 grid points finished in" in result.stderr
     assert "1 done, 0 skipped (already complete), 1 failed" in result.stderr
     assert re.search(r"FAILED grid point 2 .*optim.lr=-1", result.stderr)

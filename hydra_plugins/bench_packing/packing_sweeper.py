@@ -82,7 +82,8 @@ class PackingSweeper(BasicSweeper):
         sweep.write_json(sweep_dir / sweep.MANIFEST_FILE, {
             **manifest, "points": len(grid), "jobs": len(jobs), "seeds": seeds,
             "max_slots": max_slots})
-        sweep.say(f"{len(grid)} grid points ({seeds} seeds) packed into {len(jobs)} jobs of at "
+        sweep.say(f"{len(grid)} grid points ({seeds} seeds) packed into "
+                  f"{sweep.count_of(len(jobs), 'job')} of at "
                   f"most {max_slots} slots")
 
         returns = []
