@@ -41,7 +41,7 @@ ConfigStore.instance().store(group="hydra/sweeper", name="packed", node=PackingS
 
 
 class PackingSweeper(BasicSweeper):
-    """Hydra sweeper whose jobs are packs of grid points (see the module docstring)."""
+    """Hydra sweeper whose jobs are packs of grid points (see `bench.packing`)."""
 
     def __init__(self, params: dict[str, str] | None = None, max_slots: int | None = None,
                  max_batch_size: int | None = None) -> None:
