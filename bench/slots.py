@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.store import ANALYSIS_ONLY_PATHS, NON_RESULT_KEYS
+from bench.store import ANALYSIS_ONLY_PATHS, NON_RESULT_KEYS, drop_path
 
 # Config values that may differ between the slots of one process (dotted paths). The
 # reduction's name is batchable too, except that `per_step` (one backward per step) is its own
@@ -52,15 +52,6 @@ def get_path(config: Mapping[str, Any], path: str, default: Any = None) -> Any:
     return node
 
 
-def _drop_path(config: dict[str, Any], path: str) -> None:
-    *parents, leaf = path.split(".")
-    node: Any = config
-    for part in parents:
-        node = node.get(part) if isinstance(node, dict) else None
-    if isinstance(node, dict):
-        node.pop(leaf, None)
-
-
 def pack_key(config: Mapping[str, Any]) -> str:
     """16 hex digits over what decides shapes and code paths: the resolved config without
     seeds, output settings, analysis-only values and batchable values."""
@@ -69,7 +60,7 @@ def pack_key(config: Mapping[str, Any]) -> str:
     if get_path(config, "algo.normalize_reward", False):
         batchable.remove("algo.gamma")
     for path in (*batchable, *ANALYSIS_ONLY_PATHS):
-        _drop_path(shape, path)
+        drop_path(shape, path)
     shape["per_step"] = get_path(config, "reduction.name") == "per_step"
     text = json.dumps(shape, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -43,13 +43,19 @@ def run_key(resolved_config: Mapping[str, Any]) -> str:
         {k: v for k, v in resolved_config.items() if k not in NON_RESULT_KEYS}
     ))
     for path in ANALYSIS_ONLY_PATHS:
-        *parents, leaf = path.split(".")
-        node = identity
-        for parent in parents:
-            node = node.get(parent, {})
-        node.pop(leaf, None)
+        drop_path(identity, path)
     text = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def drop_path(config: dict[str, Any], path: str) -> None:
+    """Remove the value at dotted `path` of a nested dict, if it is there."""
+    *parents, leaf = path.split(".")
+    node: Any = config
+    for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+        node.pop(leaf, None)
 
 
 def seed_tag(seeds: Sequence[int]) -> str:
