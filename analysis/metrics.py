@@ -1,36 +1,22 @@
 """Per-seed performance metrics and their aggregation over seeds.
 
 Per-seed metrics take the ``episodes`` frame of `analysis.load.Dataset` and return one value (or
-one curve) per seed, a seed being identified by the ``by`` columns (default: run key and seed).
-Aggregates take the per-seed values of one cell and reduce them over the seed axis, in the style
-of rliable's ``metrics.py``.
+one curve) per seed, a seed being identified by the ``by`` columns (default: run key and seed),
+in the style of rliable's ``metrics.py``; statistics over seeds are in `analysis.intervals`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-import scipy.stats
+
+from analysis import intervals
+from analysis.settings import FINAL_FRACTION
 
 # Columns identifying one seed's learning curve across the dataset.
 SEED_KEY: tuple[str, ...] = ("run_key", "seed")
-
-FINAL_FRACTION = 0.1  # share of a run's env steps that `final_return` averages over
-BOOTSTRAP_RESAMPLES = 10_000
-BOOTSTRAP_METHOD = "percentile"
-BOOTSTRAP_BATCH_VALUES = 2_000_000  # resampled values held in memory at once by `curve_band`
-
-Statistic = Callable[..., float | np.ndarray]
-
-
-class ConfidenceInterval(NamedTuple):
-    """Lower and upper bound of a confidence interval."""
-
-    low: float
-    high: float
 
 
 def returns_on_grid(
@@ -74,16 +60,17 @@ def final_return(
 ) -> pd.Series:
     """Per seed, the mean return of the episodes that ended in the last ``fraction`` of the run.
 
-    The window is ``env_step > (1 - fraction) * total_steps`` (episodes ending after
-    ``total_steps``, when a last batch overshoots, count too). A seed without an episode in the
-    window (e.g. it diverged earlier) gets NaN. Returns a Series indexed by the ``by`` columns
-    (axis: seeds).
+    The window is ``(1 - fraction) * total_steps < env_step <= total_steps``: episodes that
+    end after ``total_steps`` (a last batch of whole episodes overshoots it) are left out, as
+    they are from every other metric. A seed without an episode in the window gets NaN.
+    Returns a Series indexed by the ``by`` columns (axis: seeds).
     """
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     keys = list(by)
     seeds = episodes[keys].drop_duplicates().set_index(keys).index
-    in_window = episodes[episodes["env_step"] > (1 - fraction) * total_steps]
+    ends = episodes["env_step"]
+    in_window = episodes[(ends > (1 - fraction) * total_steps) & (ends <= total_steps)]
     means = in_window.groupby(keys, dropna=False)["episode_return"].mean()
     return means.reindex(seeds).rename("final_return")
 
@@ -99,81 +86,27 @@ def area_under_curve(curves: pd.DataFrame) -> pd.Series:
     return curves.mean(axis=1, skipna=True).rename("auc")
 
 
-def iqm(values: Sequence[float] | np.ndarray, axis: int | None = None) -> float | np.ndarray:
-    """Interquartile mean: the mean of the middle 50% of ``values`` (25% trimmed from each end).
-
-    Computed along ``axis`` (None: over all values; the seed axis in practice) with
-    ``scipy.stats.trim_mean(values, 0.25)``. Values must be finite; drop missing ones first.
-    """
-    return scipy.stats.trim_mean(np.asarray(values, dtype=float), 0.25, axis=axis)
-
-
-def bootstrap_ci(
-    values: Sequence[float] | np.ndarray,
-    statistic: Statistic = np.mean,
-    confidence: float = 0.95,
-    seed: int = 0,
-    n_resamples: int = BOOTSTRAP_RESAMPLES,
-    method: str = BOOTSTRAP_METHOD,
-) -> ConfidenceInterval:
-    """Bootstrap confidence interval of ``statistic`` over a 1-D sample (the seed axis).
-
-    Resamples the seeds with replacement (``scipy.stats.bootstrap``; ``method`` "percentile" or
-    "BCa"); ``statistic`` must accept an ``axis`` argument (``np.mean``, `iqm`). NaN values are
-    dropped first; with fewer than 2 values left both bounds are NaN. The ``seed`` makes the
-    interval reproducible.
-    """
-    sample = np.asarray(values, dtype=float)
-    sample = sample[~np.isnan(sample)]
-    if sample.size < 2:
-        return ConfidenceInterval(np.nan, np.nan)
-    result = scipy.stats.bootstrap(
-        (sample,),
-        statistic,
-        confidence_level=confidence,
-        n_resamples=n_resamples,
-        method=method,
-        rng=np.random.default_rng(seed),
-    )
-    interval = result.confidence_interval
-    return ConfidenceInterval(float(interval.low), float(interval.high))
-
-
-def curve_band(
-    curves: pd.DataFrame,
-    statistic: Statistic = np.mean,
-    confidence: float = 0.95,
-    seed: int = 0,
-    n_resamples: int = BOOTSTRAP_RESAMPLES,
-) -> pd.DataFrame:
-    """At each grid point, ``statistic`` over the seeds and its percentile bootstrap interval.
+def curve_band(curves: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+    """At each grid point, the mean over the seeds and its Student t interval (a visual
+    guide drawn at every grid point, where the tables use the calibrated interval of
+    `analysis.intervals.MEAN`; the two agree on normal data).
 
     ``curves`` is one cell's output of `returns_on_grid` (rows: seeds, columns: grid points).
-    The statistic and band are taken over the seed axis, separately at each grid point, and only
-    where every seed has a value (NaN elsewhere, e.g. before some seed's first episode); the band
-    is NaN with fewer than 2 seeds. Returns a frame indexed by the grid (env steps) with columns
+    Both are taken over the seed axis, separately at each grid point, and only where every
+    seed has a value (NaN elsewhere, e.g. before some seed's first episode); the interval is
+    NaN with fewer than 2 seeds. Returns a frame indexed by the grid (env steps) with columns
     ``value``, ``low``, ``high`` and ``n_seeds``.
     """
     data = curves.to_numpy(dtype=float)
-    complete = ~np.isnan(data).any(axis=0)
+    complete = ~np.isnan(data).any(axis=0) if data.shape[0] else np.zeros(data.shape[1], bool)
     value = np.full(data.shape[1], np.nan)
     low = np.full(data.shape[1], np.nan)
     high = np.full(data.shape[1], np.nan)
-    if data.shape[0] and complete.any():
-        value[complete] = statistic(data[:, complete], axis=0)
-    if data.shape[0] >= 2 and complete.any():
-        result = scipy.stats.bootstrap(
-            (data[:, complete],),
-            statistic,
-            axis=0,
-            confidence_level=confidence,
-            n_resamples=n_resamples,
-            method="percentile",
-            rng=np.random.default_rng(seed),
-            batch=max(1, BOOTSTRAP_BATCH_VALUES // data.size),
+    if complete.any():
+        point, bounds = intervals.estimate(
+            intervals.MEAN, [data[:, complete].T], confidence=confidence, method="analytic"
         )
-        low[complete] = result.confidence_interval.low
-        high[complete] = result.confidence_interval.high
+        value[complete], low[complete], high[complete] = point, bounds.low, bounds.high
     return pd.DataFrame(
         {"value": value, "low": low, "high": high, "n_seeds": data.shape[0]},
         index=curves.columns,

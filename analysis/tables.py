@@ -1,55 +1,52 @@
-"""Significance tables: within each family of cells, every reduction against a reference reduction.
+"""Comparison tables: within each family of cells, every reduction against a reference reduction.
 
 A family is a set of cells that differ only in the reduction (same algo, env, optimiser, lr and
 every other swept value); the best-lr view's families also pool the lrs. Each table is a
 `ComparisonTable`: one numeric row per (family, reduction), the reference's row first, and the
-long list of per-seed values each row used, so that every p-value can be recomputed.
+long list of per-seed values each row used, so that every p-value can be recomputed. Writing
+tables to files is `analysis.exports`; this module only computes.
 
-Multiple comparisons: within one family and one metric, the p-values of the comparisons with the
-reference form one Holm family (``statsmodels`` ``multipletests(method="holm")``). For final
-return and AUC the Holm correction is applied to the Welch t-test p-values (``p_welch_holm``,
-which decides the significance mark); the Mann-Whitney U p-values are also given raw and
-Holm-corrected. For steps-to-threshold, which is censored, only the rank test is valid, and the
-mark uses the Holm-corrected Mann-Whitney U p-values.
+Per comparison (a reduction's seeds ``x`` against the reference's ``y``):
+
+- **identical by construction**: when both cells hold the same seeds and every seed's episode
+  stream is bit-identical (`analysis.cells.episode_streams`), e.g. reductions that differ by a
+  constant gradient factor under Adam, the comparison is reported as identical and is not a
+  test;
+- **the test** (the significance mark): the exact rank-sum test (`analysis.stats`), with
+  failed (diverged) seeds tied at the worst rank; Holm's correction within each family and
+  metric over the comparisons that are genuine tests: not the identical ones, not those with
+  fewer than 2 seeds in a group, and not those whose pooled values are all tied (the
+  permutation null cannot reject them); ``family_size`` says how many were counted;
+- **effect sizes** with calibrated intervals (`analysis.intervals`): P(X > Y) over all seeds,
+  the mean difference and Hedges' g over the seeds that did not fail, with Welch's p as a
+  secondary check of the mean difference;
+- **power**: the smallest effect the two groups' N could detect with the configured power at
+  the first Holm step's level alpha / family size (`analysis.power`), so that "no difference
+  shown" says how large a difference could hide.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from statsmodels.stats.proportion import proportion_confint
 
-from analysis import metrics, stats
-from analysis.document import markdown_table
+from analysis import intervals, power, stats
+from analysis.settings import ReportSettings
 
-REFERENCE_REDUCTION = "mean"
-ALPHA = 0.05
 SIGNIFICANCE_MARK = "*"
-SELECTION_METRIC = "auc"
 
 METRIC_DESCRIPTIONS: dict[str, str] = {
     "final_return": "final return (per seed: mean return of the episodes that ended in the last "
-    "{final:.0%} of the run's env steps; seeds without such an episode are left out)",
-    "auc": "area under the curve (per seed: mean of its return curve over the whole run's grid)",
+    "{final:.0%} of the run's env steps, up to total_steps)",
+    "auc": "area under the curve (per seed: mean of its return curve over the run's grid)",
     "steps_to_threshold": "env steps to the threshold (per seed: first grid step at which its "
     "return curve reaches the env's threshold; censored when never reached)",
 }
-
-
-@dataclass(frozen=True)
-class TableSettings:
-    """How the tables are computed."""
-
-    reference: str = REFERENCE_REDUCTION
-    confidence: float = 0.95
-    alpha: float = ALPHA
-    n_resamples: int = stats.BOOTSTRAP_RESAMPLES
-    bootstrap_seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -72,162 +69,235 @@ class ComparisonTable:
     values: pd.DataFrame
 
 
-def group_summary(values: np.ndarray, settings: TableSettings) -> dict[str, float]:
-    """N, mean and IQM of one group's per-seed values (the seed axis) with percentile bootstrap
-    CIs (`analysis.metrics.bootstrap_ci`)."""
-    mean_ci = metrics.bootstrap_ci(
-        values, np.mean, settings.confidence, settings.bootstrap_seed, settings.n_resamples
+@dataclass(frozen=True)
+class Group:
+    """One reduction's seeds in a family: values of the metric (``-inf``: failed, ``+inf``:
+    censored), seed numbers and episode-stream digests, aligned."""
+
+    values: np.ndarray
+    seeds: np.ndarray
+    streams: np.ndarray
+
+    @property
+    def finite(self) -> np.ndarray:
+        """The values that mean-type statistics use."""
+        return self.values[np.isfinite(self.values)]
+
+
+def identical_by_construction(a: Group, b: Group) -> bool:
+    """Whether two groups are the same runs: the same seeds, each with a bit-identical episode
+    stream (at least 2 seeds, so that a test would have been possible)."""
+    if a.seeds.size < 2 or a.seeds.size != b.seeds.size:
+        return False
+    order_a, order_b = np.argsort(a.seeds), np.argsort(b.seeds)
+    return bool(
+        np.array_equal(a.seeds[order_a], b.seeds[order_b])
+        and np.array_equal(a.streams[order_a].astype(str), b.streams[order_b].astype(str))
     )
-    iqm_ci = metrics.bootstrap_ci(
-        values, metrics.iqm, settings.confidence, settings.bootstrap_seed, settings.n_resamples
+
+
+def group_summary(group: Group, settings: ReportSettings, label: tuple) -> dict[str, Any]:
+    """N (seeds with a value), failed seeds, and the mean and IQM over the seeds that did not
+    fail, with their calibrated intervals."""
+    finite = group.finite
+    row: dict[str, Any] = {"n": group.values.size,
+                           "n_failed": int(np.sum(group.values == -np.inf))}
+    for estimator, prefix in ((intervals.MEAN, "mean"), (intervals.IQM, "iqm")):
+        value, bounds = intervals.estimate(
+            estimator, [finite], confidence=settings.confidence, n_resamples=settings.n_resamples,
+            rng=intervals.cell_rng(settings.bootstrap_seed, *label, prefix),
+        )
+        row.update({prefix: value, f"{prefix}_ci_low": bounds.low,
+                    f"{prefix}_ci_high": bounds.high})
+    return row
+
+
+def compare_with_reference(
+    x: Group, y: Group, settings: ReportSettings, label: tuple
+) -> dict[str, Any]:
+    """The comparison of a reduction's seeds ``x`` with the reference's ``y`` (see the module
+    docstring); p-values unadjusted, ``tested`` says whether it joins the Holm family."""
+    if identical_by_construction(x, y):
+        return {"identical": True, "tested": False, "p_rank": np.nan, "p_welch": np.nan,
+                "note": "identical runs (every seed's episodes bit-identical): not tested"}
+    common = {"confidence": settings.confidence, "n_resamples": settings.n_resamples}
+    row: dict[str, Any] = {"identical": False}
+    def rng(statistic: str) -> np.random.Generator:
+        return intervals.cell_rng(settings.bootstrap_seed, *label, statistic)
+
+    poi, poi_ci = intervals.estimate(intervals.PROBABILITY_OF_IMPROVEMENT, [x.values, y.values],
+                                     **common, rng=rng("poi"))
+    diff, diff_ci = intervals.estimate(intervals.MEAN_DIFFERENCE, [x.finite, y.finite], **common,
+                                       rng=rng("diff"))
+    g, g_ci = intervals.estimate(intervals.HEDGES_G, [x.finite, y.finite], **common, rng=rng("g"))
+    row.update(
+        prob_improvement=poi, poi_ci_low=poi_ci.low, poi_ci_high=poi_ci.high,
+        diff_mean=diff, diff_ci_low=diff_ci.low, diff_ci_high=diff_ci.high,
+        hedges_g=g, g_ci_low=g_ci.low, g_ci_high=g_ci.high,
+        p_rank=float(stats.rank_sum_p_value(x.values, y.values)),
+        p_welch=float(stats.welch_p_value(x.finite, y.finite)),
     )
-    return {
-        "n": values.size,
-        "mean": float(np.mean(values)) if values.size else np.nan,
-        "mean_ci_low": mean_ci.low,
-        "mean_ci_high": mean_ci.high,
-        "iqm": float(metrics.iqm(values)) if values.size else np.nan,
-        "iqm_ci_low": iqm_ci.low,
-        "iqm_ci_high": iqm_ci.high,
-    }
+    row.update(rank_test_status(x.values, y.values))
+    return row
 
 
-def compare_with_reference(x: np.ndarray, y: np.ndarray, settings: TableSettings) -> dict[str, Any]:
-    """The comparison of a reduction's per-seed values ``x`` with the reference's ``y``:
-    difference of means, Hedges' g and probability of improvement P(X > Y), each with a
-    two-sample bootstrap CI (`analysis.stats.two_sample_interval`), the Welch and Mann-Whitney U
-    p-values (unadjusted) and a note on degenerate cases."""
-    interval = {
-        "confidence": settings.confidence,
-        "n_resamples": settings.n_resamples,
-        "seed": settings.bootstrap_seed,
-    }
-    diff_ci = stats.two_sample_interval(x, y, stats.mean_difference, **interval)
-    g_ci = stats.two_sample_interval(x, y, stats.hedges_g, **interval)
-    poi_ci = stats.two_sample_interval(x, y, stats.probability_of_improvement, **interval)
-    enough = min(x.size, y.size) >= 1
-    return {
-        "diff_mean": float(stats.mean_difference(x, y)) if enough else np.nan,
-        "diff_ci_low": diff_ci.low,
-        "diff_ci_high": diff_ci.high,
-        "hedges_g": float(stats.hedges_g(x, y)),
-        "g_ci_low": g_ci.low,
-        "g_ci_high": g_ci.high,
-        "prob_improvement": float(stats.probability_of_improvement(x, y)) if enough else np.nan,
-        "poi_ci_low": poi_ci.low,
-        "poi_ci_high": poi_ci.high,
-        "p_welch": float(stats.welch_p_value(x, y)),
-        "p_mwu": float(stats.mann_whitney_p_value(x, y)),
-        "note": degenerate_note(x, y),
-    }
-
-
-def degenerate_note(x: np.ndarray, y: np.ndarray) -> str:
-    """Why a comparison's statistics are NaN or exact, or "" when nothing is unusual."""
+def rank_test_status(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """Whether the rank test of ``x`` against ``y`` is a genuine test (``tested``) and, when it
+    is not or a statistic is undefined, why (``note``)."""
     if min(x.size, y.size) < stats.MIN_SEEDS_FOR_TEST:
-        return f"fewer than {stats.MIN_SEEDS_FOR_TEST} seeds in a group: no test (p = NaN)"
-    if np.ptp(x) == 0 and np.ptp(y) == 0:
-        if x[0] == y[0]:
-            return "both groups the same constant: Welch p = 1, g = NaN"
-        return "both groups constant, different: Welch p and g undefined (NaN)"
-    return ""
+        return {"tested": False,
+                "note": f"fewer than {stats.MIN_SEEDS_FOR_TEST} seeds in a group: not tested"}
+    pooled = np.concatenate([x, y])
+    if np.all(pooled == pooled[0]):
+        return {"tested": False, "note": "every value tied (e.g. none reached): not tested"}
+    notes = []
+    if _is_constant(x[np.isfinite(x)]) and _is_constant(y[np.isfinite(y)]):
+        notes.append("both groups constant: g and Welch undefined")
+    if np.any(np.isinf(pooled)):
+        notes.append("failed or censored seeds ranked worst")
+    return {"tested": True, "note": "; ".join(notes)}
+
+
+def _is_constant(values: np.ndarray) -> bool:
+    return values.size == 0 or bool(np.all(values == values[0]))
+
+
+def _count_identical_once(rows: list[dict[str, Any]], groups: Mapping[str, Group]) -> None:
+    """A comparison whose runs are identical to an earlier compared reduction's is the same
+    test: it is counted once in the Holm family and later takes that one's result."""
+    seen: list[str] = []
+    for row in rows:
+        if not row.get("tested"):
+            continue
+        same = next((r for r in seen
+                     if identical_by_construction(groups[row["reduction"]], groups[r])), None)
+        if same is None:
+            seen.append(row["reduction"])
+        else:
+            row.update(tested=False, same_test_as=same)
+
+
+def _finish_family(
+    rows: list[dict[str, Any]], groups: Mapping[str, Group], settings: ReportSettings
+) -> None:
+    """Holm over the family's genuine tests (identical comparisons once), the mark, the family
+    size and the minimum detectable effect of each comparison at alpha / family size."""
+    _count_identical_once(rows, groups)
+    tested = [row for row in rows if row.get("tested")]
+    adjusted = stats.holm_adjusted(np.array([row["p_rank"] for row in tested], dtype=float))
+    for row, value in zip(tested, adjusted, strict=True):
+        row["p_rank_holm"] = float(value)
+    for row in rows:
+        if row["role"] != "compared":
+            row["significant"] = False
+            continue
+        row["family_size"] = len(tested)
+        row["significant"] = bool(row.get("p_rank_holm", np.nan) < settings.alpha)
+        if row.get("tested"):
+            level = settings.alpha / len(tested)
+            detectable = power.minimum_detectable_effect(
+                row["n"], row["n_reference"], level, settings.power
+            )
+            row["mde_poi"] = detectable.probability_of_improvement
+            row["mde_sd"] = detectable.shift_sd
+    by_reduction = {row["reduction"]: row for row in rows}
+    for row in rows:
+        if "same_test_as" in row:
+            same = by_reduction[row["same_test_as"]]
+            for column in ("p_rank_holm", "significant", "mde_poi", "mde_sd"):
+                if column in same:
+                    row[column] = same[column]
 
 
 def family_rows(
-    groups: Mapping[str, np.ndarray], reference: str, settings: TableSettings
+    groups: Mapping[str, Group], settings: ReportSettings, family: tuple = ()
 ) -> list[dict[str, Any]]:
-    """Rows of one family for a continuous metric: the reference's summary, then each other
-    reduction's summary and comparison with the reference; Holm-corrected Welch and Mann-Whitney
-    p-values over the family's comparisons. Without the reference, every reduction gets its
-    summary only and the note says so."""
+    """Rows of one family for a continuous metric: each reduction's summary and, for all but
+    the reference, its comparison with the reference. Without the reference every reduction
+    gets its summary only and the note says so. ``identical_to`` lists the family's other
+    reductions whose runs are identical to the row's."""
+    reference = settings.reference
     rows = []
-    for reduction, values in groups.items():
-        row: dict[str, Any] = {"reduction": reduction, **group_summary(values, settings)}
+    for reduction, group in groups.items():
+        label = (*family, reduction)
+        row: dict[str, Any] = {"reduction": reduction, **group_summary(group, settings, label)}
+        row["identical_to"] = ", ".join(
+            other for other, peer in groups.items()
+            if other != reduction and identical_by_construction(group, peer)
+        )
         if reduction == reference:
             row["role"] = "reference"
         elif reference in groups:
-            row.update(
-                role="compared", **compare_with_reference(values, groups[reference], settings)
-            )
+            row.update(role="compared", n_reference=groups[reference].values.size,
+                       **compare_with_reference(group, groups[reference], settings, label))
         else:
             row.update(role="no reference", note=f"no '{reference}' cell in this family")
         rows.append(row)
-    _add_holm(rows, "p_welch", "p_welch_holm")
-    _add_holm(rows, "p_mwu", "p_mwu_holm")
-    for row in rows:
-        row["significant"] = bool(row.get("p_welch_holm", np.nan) < settings.alpha)
+    _finish_family(rows, groups, settings)
     return rows
 
 
 def threshold_family_rows(
-    groups: Mapping[str, np.ndarray], reference: str, settings: TableSettings
+    groups: Mapping[str, Group], settings: ReportSettings, family: tuple = ()
 ) -> list[dict[str, Any]]:
-    """Rows of one family for steps-to-threshold (``+inf`` = censored, not reached).
+    """Rows of one family for steps-to-threshold (``+inf`` = censored, not reached; lower is
+    better).
 
     Per reduction: N, seeds that reached the threshold with a Wilson CI of the fraction, median
-    steps (``+inf`` when at least half are censored); against the reference: P(reaching sooner)
-    = P(X < Y) + P(X = Y)/2 with censored seeds tied and last, its bootstrap CI, and the
-    Mann-Whitney U p-value (censored = worst rank), Holm-corrected over the family (the mark).
+    steps (``+inf`` when at least half are censored); against the reference: P(reaching
+    sooner) = P(X < Y) + P(X = Y)/2 with censored seeds tied and last, with its calibrated
+    interval, and the exact rank-sum p (censored = worst rank), Holm-corrected over the
+    family's genuine tests (the mark).
     """
+    reference = settings.reference
     rows = []
-    for reduction, values in groups.items():
+    for reduction, group in groups.items():
+        values = group.values
         reached = int(np.isfinite(values).sum())
         low, high = (
             proportion_confint(reached, values.size, 1 - settings.confidence, method="wilson")
-            if values.size
-            else (np.nan, np.nan)
+            if values.size else (np.nan, np.nan)
         )
         row: dict[str, Any] = {
-            "reduction": reduction,
-            "n": values.size,
-            "n_reached": reached,
+            "reduction": reduction, "n": values.size, "n_reached": reached,
             "fraction_reached": reached / values.size if values.size else np.nan,
-            "fraction_ci_low": low,
-            "fraction_ci_high": high,
+            "fraction_ci_low": low, "fraction_ci_high": high,
             "median_steps": float(np.median(values)) if values.size else np.nan,
+            "identical_to": ", ".join(
+                other for other, peer in groups.items()
+                if other != reduction and identical_by_construction(group, peer)
+            ),
         }
         if reduction == reference:
             row["role"] = "reference"
         elif reference in groups:
             ref = groups[reference]
-            interval = stats.two_sample_interval(
-                -values,
-                -ref,
-                stats.probability_of_improvement,
-                settings.confidence,
-                settings.n_resamples,
-                settings.bootstrap_seed,
-            )
-            row.update(
-                role="compared",
-                prob_sooner=float(stats.probability_of_improvement(-values, -ref)),
-                sooner_ci_low=interval.low,
-                sooner_ci_high=interval.high,
-                p_mwu=float(stats.mann_whitney_p_value(values, ref)),
-                note=degenerate_note(values, ref) if min(values.size, ref.size) < 2 else "",
-            )
+            row.update(role="compared", n_reference=ref.values.size)
+            if identical_by_construction(group, ref):
+                row.update(identical=True, tested=False, p_rank=np.nan,
+                           note="identical runs (every seed's episodes bit-identical): not tested")
+            else:
+                sooner, sooner_ci = intervals.estimate(
+                    intervals.PROBABILITY_OF_IMPROVEMENT, [-values, -ref.values],
+                    confidence=settings.confidence, n_resamples=settings.n_resamples,
+                    rng=intervals.cell_rng(settings.bootstrap_seed, *family, reduction, "sooner"),
+                )
+                row.update(identical=False, prob_sooner=sooner, sooner_ci_low=sooner_ci.low,
+                           sooner_ci_high=sooner_ci.high,
+                           p_rank=float(stats.rank_sum_p_value(values, ref.values)),
+                           **rank_test_status(values, ref.values))
         else:
             row.update(role="no reference", note=f"no '{reference}' cell in this family")
         rows.append(row)
-    _add_holm(rows, "p_mwu", "p_mwu_holm")
-    for row in rows:
-        row["significant"] = bool(row.get("p_mwu_holm", np.nan) < settings.alpha)
+    _finish_family(rows, groups, settings)
     return rows
-
-
-def _add_holm(rows: list[dict[str, Any]], column: str, adjusted_column: str) -> None:
-    """Holm-correct ``column`` over the rows that have it (`analysis.stats.holm_adjusted`)."""
-    compared = [row for row in rows if column in row]
-    adjusted = stats.holm_adjusted(np.array([row[column] for row in compared]))
-    for row, value in zip(compared, adjusted, strict=True):
-        row[adjusted_column] = float(value)
 
 
 def reduction_groups(
     frame: pd.DataFrame, metric: str, reductions: Sequence[str]
 ) -> dict[str, pd.DataFrame]:
     """Per reduction (in ``reductions`` order), its seeds with a value of ``metric`` (NaN
-    dropped; ``+inf`` kept)."""
+    dropped; ``+inf``/``-inf`` kept)."""
     return {
         reduction: part.dropna(subset=[metric])
         for reduction in reductions
@@ -235,45 +305,47 @@ def reduction_groups(
     }
 
 
+def _group(frame: pd.DataFrame, metric: str) -> Group:
+    streams = frame["stream"] if "stream" in frame else pd.Series(np.nan, index=frame.index)
+    return Group(frame[metric].to_numpy(dtype=float), frame["seed"].to_numpy(dtype=int),
+                 streams.astype(object).to_numpy())
+
+
 def significance_table(
     per_seed: pd.DataFrame,
     family_columns: Sequence[str],
     metric: str,
     reductions: Sequence[str],
-    settings: TableSettings,
-    final_fraction: float = metrics.FINAL_FRACTION,
+    settings: ReportSettings,
 ) -> ComparisonTable:
     """Every reduction against the reference within each family (all seeds of each cell).
 
     ``per_seed`` has one row per seed with the family columns, ``reduction``, ``lr``,
-    ``run_key``, ``seed`` and ``metric``; ``reductions`` gives the row order.
+    ``run_key``, ``seed``, ``stream`` and ``metric``; ``reductions`` gives the row order.
     """
     build = threshold_family_rows if metric == "steps_to_threshold" else family_rows
     rows, values = [], []
     for family_values, family in per_seed.groupby(list(family_columns), dropna=False, sort=True):
         family_key = dict(zip(family_columns, family_values, strict=True))
-        groups = reduction_groups(family, metric, reductions)
-        arrays = {r: g[metric].to_numpy(dtype=float) for r, g in groups.items()}
-        rows += [{**family_key, **row} for row in build(arrays, settings.reference, settings)]
-        values += [_used_values(g, metric, family_columns) for g in groups.values()]
+        frames = reduction_groups(family, metric, reductions)
+        groups = {r: _group(g, metric) for r, g in frames.items()}
+        label = (metric, *map(str, family_values))
+        rows += [{**family_key, **row} for row in build(groups, settings, label)]
+        values += [_used_values(g, metric, family_columns) for g in frames.values()]
     name = f"significance-{metric}"
     return ComparisonTable(
-        name=name,
-        metric=metric,
-        caption=significance_caption(metric, settings, final_fraction),
-        family_columns=tuple(family_columns),
-        rows=pd.DataFrame(rows),
+        name=name, metric=metric, caption=significance_caption(metric, settings),
+        family_columns=tuple(family_columns), rows=pd.DataFrame(rows),
         values=_values_frame(values, name),
     )
 
 
 def select_best_lr(
-    per_seed: pd.DataFrame,
-    family_columns: Sequence[str],
-    selection_metric: str = SELECTION_METRIC,
+    per_seed: pd.DataFrame, family_columns: Sequence[str], selection_metric: str
 ) -> pd.DataFrame:
     """Per family (without lr) and reduction, the lr with the highest mean ``selection_metric``
-    over the selection seeds (even seed numbers); ties go to the smaller lr.
+    over the selection seeds (even seed numbers; failed seeds, ``-inf``, make a cell's mean
+    ``-inf``); ties go to the smaller lr.
 
     Returns one row per (family, reduction) with ``lr`` (the selected one), ``selection_score``
     and ``n_selection_seeds``. Cells whose selection seeds have no value are not candidates.
@@ -300,9 +372,7 @@ def best_lr_table(
     family_columns: Sequence[str],
     metric: str,
     reductions: Sequence[str],
-    settings: TableSettings,
-    selection_metric: str = SELECTION_METRIC,
-    final_fraction: float = metrics.FINAL_FRACTION,
+    settings: ReportSettings,
 ) -> ComparisonTable:
     """Each reduction at its own best lr against the reference at its best lr.
 
@@ -315,33 +385,28 @@ def best_lr_table(
     swept = lr_counts[lr_counts > 1].index
     in_swept = per_seed.set_index(list(family_columns)).index.isin(swept)
     candidates = per_seed[in_swept]
-    chosen = select_best_lr(candidates, family_columns, selection_metric)
+    chosen = select_best_lr(candidates, family_columns, settings.selection_metric)
     evaluation = candidates[~is_selection_seed(candidates["seed"])].merge(
         chosen, on=[*family_columns, "reduction", "lr"], how="inner"
     )
     rows, values = [], []
     for family_values, family in evaluation.groupby(list(family_columns), dropna=False, sort=True):
         family_key = dict(zip(family_columns, family_values, strict=True))
-        groups = reduction_groups(family, metric, reductions)
-        arrays = {r: g[metric].to_numpy(dtype=float) for r, g in groups.items()}
-        for row in family_rows(arrays, settings.reference, settings):
-            selected = groups[row["reduction"]].iloc[0] if len(groups[row["reduction"]]) else None
-            rows.append(
-                {
-                    **family_key,
-                    **row,
-                    "lr": np.nan if selected is None else selected["lr"],
-                    "selection_score": np.nan if selected is None else selected["selection_score"],
-                }
-            )
-        values += [_used_values(g, metric, family_columns) for g in groups.values()]
+        frames = reduction_groups(family, metric, reductions)
+        groups = {r: _group(g, metric) for r, g in frames.items()}
+        label = ("best_lr", metric, *map(str, family_values))
+        for row in family_rows(groups, settings, label):
+            selected = frames[row["reduction"]].iloc[0] if len(frames[row["reduction"]]) else None
+            rows.append({
+                **family_key, **row,
+                "lr": np.nan if selected is None else selected["lr"],
+                "selection_score": np.nan if selected is None else selected["selection_score"],
+            })
+        values += [_used_values(g, metric, family_columns) for g in frames.values()]
     name = f"best_lr-{metric}"
     return ComparisonTable(
-        name=name,
-        metric=metric,
-        caption=best_lr_caption(metric, selection_metric, settings, final_fraction),
-        family_columns=tuple(family_columns),
-        rows=pd.DataFrame(rows),
+        name=name, metric=metric, caption=best_lr_caption(metric, settings),
+        family_columns=tuple(family_columns), rows=pd.DataFrame(rows),
         values=_values_frame(values, name),
     )
 
@@ -358,10 +423,10 @@ def _values_frame(parts: list[pd.DataFrame], name: str) -> pd.DataFrame:
     return frame.assign(table=name)[["table", *frame.columns]] if len(frame) else frame
 
 
-def significance_caption(metric: str, settings: TableSettings, final_fraction: float) -> str:
+def significance_caption(metric: str, settings: ReportSettings) -> str:
     """What a significance table shows."""
     confidence = f"{settings.confidence:.0%}"
-    description = METRIC_DESCRIPTIONS[metric].format(final=final_fraction)
+    description = METRIC_DESCRIPTIONS[metric].format(final=settings.final_fraction)
     if metric == "steps_to_threshold":
         return (
             f"Steps to threshold: {description}. Each reduction against '{settings.reference}' "
@@ -369,10 +434,9 @@ def significance_caption(metric: str, settings: TableSettings, final_fraction: f
             f"reached: seeds that reached it, with a {confidence} Wilson CI of the fraction; "
             f"median over seeds ('not reached' when at least half are censored); P(sooner): "
             f"probability that a seed of the reduction reaches it before one of the reference "
-            f"(ties, including two censored seeds, count 1/2) with a {confidence} percentile "
-            f"bootstrap CI; p MWU: two-sided Mann-Whitney U with censored seeds tied at the "
-            f"worst rank; p MWU Holm: Holm-corrected within the family. "
-            f"{SIGNIFICANCE_MARK}: p MWU Holm < {settings.alpha}."
+            f"(ties, including two censored seeds, count 1/2) with a {confidence} "
+            f"{intervals.method_label(intervals.PROBABILITY_OF_IMPROVEMENT)}. "
+            + _test_columns_text(settings)
         )
     return (
         f"{description.capitalize()}: each reduction against '{settings.reference}' within its "
@@ -381,12 +445,12 @@ def significance_caption(metric: str, settings: TableSettings, final_fraction: f
     )
 
 
-def best_lr_caption(
-    metric: str, selection_metric: str, settings: TableSettings, final_fraction: float
-) -> str:
+def best_lr_caption(metric: str, settings: ReportSettings) -> str:
     """What a best-lr table shows, including how the lr was selected."""
-    description = METRIC_DESCRIPTIONS[metric].format(final=final_fraction)
-    selection = METRIC_DESCRIPTIONS[selection_metric].format(final=final_fraction).split(" (")[0]
+    description = METRIC_DESCRIPTIONS[metric].format(final=settings.final_fraction)
+    selection = METRIC_DESCRIPTIONS[settings.selection_metric].format(
+        final=settings.final_fraction
+    ).split(" (")[0]
     return (
         f"Best learning rate per reduction, {description}. For each reduction the lr with the "
         f"highest mean {selection} over the even-numbered seeds was selected (ties: smaller "
@@ -396,133 +460,34 @@ def best_lr_caption(
     )
 
 
-def _continuous_columns_text(settings: TableSettings) -> str:
+def _continuous_columns_text(settings: ReportSettings) -> str:
     """The caption's explanation of the columns of a continuous-metric table."""
     confidence = f"{settings.confidence:.0%}"
+    label = intervals.method_label
     return (
-        f"N: seeds with a value. mean, IQM (interquartile mean): over seeds, with {confidence} "
-        f"percentile bootstrap CIs ({settings.n_resamples} resamples of the seeds). diff: mean "
-        f"minus the reference's mean; g: Hedges' g (bias-corrected standardised difference); "
-        f"P(X>Y): probability that a seed of the reduction beats one of the reference (ties "
-        f"1/2); their {confidence} CIs resample the seeds of each group independently. p Welch: "
-        f"two-sided Welch t-test; p MWU: two-sided Mann-Whitney U (both unadjusted). p Welch "
-        f"Holm: the Welch p-values Holm-corrected within the family (one family per table "
-        f"block). {SIGNIFICANCE_MARK}: p Welch Holm < {settings.alpha}. Degenerate cases are "
-        f"stated in the note column (NaN: not computable, never a made-up value)."
+        f"N: seeds with a value (failed: diverged seeds, ranked worst by the test and P(X>Y), "
+        f"left out of means). mean, IQM (interquartile mean): over the seeds that did not "
+        f"fail. diff: mean minus the reference's mean; g: Hedges' g; P(X>Y): probability that "
+        f"a seed of the reduction beats one of the reference (ties 1/2). Intervals "
+        f"({confidence}; bootstrap: {settings.n_resamples} resamples): mean "
+        f"{label(intervals.MEAN)}, IQM {label(intervals.IQM)}, diff "
+        f"{label(intervals.MEAN_DIFFERENCE)}, g {label(intervals.HEDGES_G)}, P(X>Y) "
+        f"{label(intervals.PROBABILITY_OF_IMPROVEMENT)} (their measured coverage: Methods). "
+        f"p Welch: two-sided Welch t-test of the means (secondary, unadjusted). "
+        + _test_columns_text(settings)
     )
 
 
-# How the Markdown, HTML and LaTeX versions show the columns.
-CONTINUOUS_DISPLAY = (
-    ("N", "n", None),
-    ("mean [CI]", "mean", ("mean_ci_low", "mean_ci_high")),
-    ("IQM [CI]", "iqm", ("iqm_ci_low", "iqm_ci_high")),
-    ("diff [CI]", "diff_mean", ("diff_ci_low", "diff_ci_high")),
-    ("g [CI]", "hedges_g", ("g_ci_low", "g_ci_high")),
-    ("P(X>Y) [CI]", "prob_improvement", ("poi_ci_low", "poi_ci_high")),
-    ("p Welch", "p_welch", None),
-    ("p MWU", "p_mwu", None),
-    ("p Welch Holm", "p_welch_holm", None),
-)
-THRESHOLD_DISPLAY = (
-    ("N", "n", None),
-    ("reached [CI]", "fraction_reached", ("fraction_ci_low", "fraction_ci_high")),
-    ("median steps", "median_steps", None),
-    ("P(sooner) [CI]", "prob_sooner", ("sooner_ci_low", "sooner_ci_high")),
-    ("p MWU", "p_mwu", None),
-    ("p MWU Holm", "p_mwu_holm", None),
-)
-
-
-def display_frame(table: ComparisonTable) -> pd.DataFrame:
-    """The table as text cells: estimates with their CIs in brackets, the reference marked
-    "(ref.)", the selected lr in the best-lr view, and the significance mark."""
-    spec = THRESHOLD_DISPLAY if table.metric == "steps_to_threshold" else CONTINUOUS_DISPLAY
-    rows = []
-    for _, row in table.rows.iterrows():
-        shown: dict[str, str] = {c: _text(row[c]) for c in table.family_columns}
-        reference = row["role"] == "reference"
-        shown["reduction"] = row["reduction"] + (" (ref.)" if reference else "")
-        if "selection_score" in row:
-            shown["best lr"] = _text(row["lr"])
-        for header, column, interval in spec:
-            value = row.get(column, np.nan)
-            if reference and column not in ("n", "mean", "iqm", "fraction_reached", "median_steps"):
-                shown[header] = "\u2014"
-            elif column == "fraction_reached":
-                reached = f"{_text(row['n_reached'])}/{_text(row['n'])}"
-                shown[header] = f"{reached} {_interval_text(row, interval)}"
-            elif column == "median_steps":
-                shown[header] = "not reached" if value == np.inf else _text(value)
-            elif interval:
-                shown[header] = f"{_text(value)} {_interval_text(row, interval)}"
-            else:
-                shown[header] = _text(value)
-        shown["sig."] = SIGNIFICANCE_MARK if row["significant"] else ""
-        shown["note"] = _text(row.get("note", "")) if isinstance(row.get("note"), str) else ""
-        rows.append(shown)
-    return pd.DataFrame(rows)
-
-
-def _interval_text(row: pd.Series, interval: tuple[str, str]) -> str:
-    """A CI as "[low, high]"."""
-    return f"[{_text(row[interval[0]])}, {_text(row[interval[1]])}]"
-
-
-def _text(value: Any) -> str:
-    """A number with 4 significant digits, NaN as "NaN", other values as they are."""
-    if isinstance(value, (bool, np.bool_)):
-        return str(value)
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    if isinstance(value, (float, np.floating)):
-        return "NaN" if np.isnan(value) else f"{value:.4g}"
-    return "" if value is None else str(value)
-
-
-def write_table(table: ComparisonTable, directory: Path) -> dict[str, Path]:
-    """Write ``<name>.csv`` (numeric rows), ``<name>.md``, ``<name>.tex`` (booktabs, via
-    ``pandas`` Styler) and ``<name>-values.csv`` (the per-seed values used). Returns the paths by
-    format."""
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "csv": directory / f"{table.name}.csv",
-        "md": directory / f"{table.name}.md",
-        "tex": directory / f"{table.name}.tex",
-        "values": directory / f"{table.name}-values.csv",
-    }
-    table.rows.to_csv(paths["csv"], index=False)
-    table.values.to_csv(paths["values"], index=False)
-    shown = display_frame(table)
-    paths["md"].write_text(f"{table.caption}\n\n{markdown_table(shown)}\n")
-    paths["tex"].write_text(latex_table(shown, table.caption, f"tab:{table.name}"))
-    return paths
-
-
-LATEX_SPECIALS = {c: "\\" + c for c in "&%$#_{}"} | {
-    "~": r"\textasciitilde{}",
-    "^": r"\textasciicircum{}",
-    "\\": r"\textbackslash{}",
-    "<": r"\textless{}",
-    ">": r"\textgreater{}",
-    "\u2014": "---",
-}
-
-
-def latex_escape(text: str) -> str:
-    """``text`` with LaTeX's special characters escaped."""
-    return "".join(LATEX_SPECIALS.get(c, c) for c in text)
-
-
-def latex_table(frame: pd.DataFrame, caption: str, label: str) -> str:
-    """A booktabs LaTeX table (``\\toprule``/``\\midrule``/``\\bottomrule``; needs
-    ``\\usepackage{booktabs}``) of text cells, with the caption and label."""
-    escaped = frame.map(latex_escape)
-    escaped.columns = [latex_escape(str(c)) for c in frame.columns]
-    return escaped.style.hide(axis="index").to_latex(
-        hrules=True,
-        caption=latex_escape(caption),
-        label=label,
-        position_float="centering",
-        column_format="l" * len(frame.columns),
+def _test_columns_text(settings: ReportSettings) -> str:
+    """The caption's explanation of the test, Holm and power columns."""
+    return (
+        f"p rank: two-sided exact Wilcoxon-Mann-Whitney rank-sum test (exact with ties; the "
+        f"primary test); p Holm (m): Holm-corrected within the family over its m genuine tests "
+        f"(identical runs, groups under 2 seeds and all-tied comparisons are not tests). "
+        f"{SIGNIFICANCE_MARK}: p Holm < {settings.alpha}. MDE: the smallest P(X>Y) (and the "
+        f"equivalent normal shift in SD units) that the two groups' N detect with "
+        f"{settings.power:.0%} power at level {settings.alpha}/m; a comparison without a mark "
+        f"cannot exclude an effect smaller than that. Degenerate cases are stated in the note "
+        f"column (NaN: not computable, never a made-up value)."
     )
+

@@ -14,9 +14,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import scipy.stats
 import yaml
 
-from analysis import metrics
+from analysis import intervals, metrics
 from analysis.load import DatasetError, SkippedFileWarning, cell_columns, load_dataset
 from bench import schema
 
@@ -276,6 +277,7 @@ def test_final_return_hand_example() -> None:
             ("r", 0, 90, 2.0),
             ("r", 0, 95, 4.0),
             ("r", 0, 100, 6.0),
+            ("r", 0, 104, 50.0),  # ended after total_steps: left out
             ("r", 1, 50, 3.0),
         ],
         columns=["run_key", "seed", "env_step", "episode_return"],
@@ -290,33 +292,33 @@ def test_final_return_hand_example() -> None:
     assert np.isnan(last_half.loc[("r", 1)])
 
 
-def test_iqm_is_mean_of_middle_half() -> None:
-    values = [100.0, 3.0, 1.0, 6.0, 2.0, 5.0, 4.0, -50.0]  # sorted: -50 1 2 3 4 5 6 100
-
-    assert metrics.iqm(values) == pytest.approx((2 + 3 + 4 + 5) / 4)
-
-
-def test_bootstrap_ci_contains_mean_and_needs_two_values() -> None:
+def test_interval_engine_is_reproducible_and_needs_two_values() -> None:
     values = np.arange(20, dtype=float)
+    rng = np.random.default_rng
 
-    interval = metrics.bootstrap_ci(values, np.mean, seed=1)
-    single = metrics.bootstrap_ci([3.0, np.nan], np.mean)
+    first = intervals.estimate(intervals.IQM, [values], n_resamples=2000, rng=rng(1))
+    again = intervals.estimate(intervals.IQM, [values], n_resamples=2000, rng=rng(1))
+    single = intervals.estimate(intervals.IQM, [np.array([3.0])])
 
-    assert interval.low < values.mean() < interval.high
-    assert interval == metrics.bootstrap_ci(values, np.mean, seed=1)  # reproducible
-    assert np.isnan(single.low) and np.isnan(single.high)
-    iqm_interval = metrics.bootstrap_ci(values, metrics.iqm, method="BCa", n_resamples=2000)
-    assert iqm_interval.low < metrics.iqm(values) < iqm_interval.high
+    assert first == again
+    assert first[1].low < first[0] < first[1].high
+    assert np.isnan(single[1].low) and np.isnan(single[1].high)
+    with pytest.raises(ValueError, match="unknown interval method 'nope'"):
+        intervals.interval([values], intervals.mean, "nope")
 
 
 def test_curve_band_only_where_every_seed_has_a_value() -> None:
     curves = metrics.returns_on_grid(GRID_EPISODES[GRID_EPISODES["seed"] < 2], GRID)
 
-    band = metrics.curve_band(curves, n_resamples=500)
+    band = metrics.curve_band(curves)
 
     assert np.isnan(band["value"].iloc[0]) and np.isnan(band["low"].iloc[0])
     assert band["value"].tolist()[1:] == [3.5, 7.5, 7.5]
     assert (band["low"].iloc[1:] <= band["value"].iloc[1:]).all()
+    # Student t over the two seeds at each grid point.
+    data = curves.to_numpy()[:, 1]
+    expected = scipy.stats.t.interval(0.95, 1, loc=data.mean(), scale=scipy.stats.sem(data))
+    assert (band["low"].iloc[1], band["high"].iloc[1]) == pytest.approx(expected)
     assert (band["n_seeds"] == 2).all()
 
 
@@ -370,11 +372,15 @@ def test_report_cli_end_to_end(tmp_path: Path) -> None:
     assert len(summary) == 4
     ppo_sum = next(r for r in summary if (r["algo"], r["reduction"]) == ("ppo", "sum"))
     assert ppo_sum["n_seeds"] == "3" and ppo_sum["n_diverged"] == "1"
-    # After step 180 (last 10% of 200) each seed has one episode, at 200: return 100 + seed.
-    assert float(ppo_sum["final_return_mean"]) == pytest.approx(101.0)
-    assert float(ppo_sum["final_return_ci_low"]) <= 101 <= float(ppo_sum["final_return_ci_high"])
+    # After step 180 (last 10% of 200) each seed has one episode, at 200: return 100 + seed;
+    # seed 2 diverged: failed, left out of the mean.
+    assert float(ppo_sum["final_return_mean"]) == pytest.approx(100.5)
+    assert ppo_sum["final_return_n"] == "2"
+    assert float(ppo_sum["final_return_ci_low"]) <= 100.5 <= float(ppo_sum["final_return_ci_high"])
     per_seed = pd.read_csv(report / "per_seed_metrics.csv")
     assert len(per_seed) == 12
+    failed = per_seed[per_seed["diverged"]]
+    assert len(failed) == 1 and (failed[["final_return", "auc"]] == -np.inf).all(axis=None)
     assert per_seed["final_return"].notna().all()
 
 

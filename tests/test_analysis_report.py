@@ -14,6 +14,7 @@ import yaml
 from statsmodels.stats.multitest import multipletests
 from test_analysis import REPO_ROOT, run_report, write_result_file
 
+from analysis import intervals
 from analysis.load import load_dataset
 from analysis.references import ReferenceScores, reference_scores
 
@@ -85,6 +86,9 @@ def report_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_per_seed_values_reproduce_the_tables_p_values(report_dir: Path) -> None:
+    """Every p-value recomputed from the per-seed values with an independent implementation
+    (scipy's exact permutation test of the rank sum), Holm over the comparisons marked as
+    tests, and the mark."""
     for name in ("significance-final_return", "significance-auc", "best_lr-final_return"):
         table = pd.read_csv(report_dir / f"{name}.csv")
         values = pd.read_csv(report_dir / f"{name}-values.csv")
@@ -96,24 +100,30 @@ def test_per_seed_values_reproduce_the_tables_p_values(report_dir: Path) -> None
             )
             reference = used.loc[used["reduction"] == "mean", "value"].to_numpy()
             compared = family[family["role"] == "compared"]
-            welch, mwu = [], []
+            rank, welch = [], []
             for reduction in compared["reduction"]:
                 sample = used.loc[used["reduction"] == reduction, "value"].to_numpy()
-                if min(sample.size, reference.size) < 2:  # the stated rule: no test, NaN
+                if min(sample.size, reference.size) < 2:  # the stated rule: not a test
+                    rank.append(np.nan)
                     welch.append(np.nan)
-                    mwu.append(np.nan)
                     continue
+                ranks = scipy.stats.rankdata(np.concatenate([sample, reference]))
+                rank.append(scipy.stats.permutation_test(
+                    (ranks[: sample.size], ranks[sample.size:]),
+                    lambda a, b, axis: np.sum(a, axis=axis), permutation_type="independent",
+                    n_resamples=np.inf,
+                ).pvalue)
                 welch.append(scipy.stats.ttest_ind(sample, reference, equal_var=False).pvalue)
-                mwu.append(
-                    scipy.stats.mannwhitneyu(sample, reference, alternative="two-sided").pvalue
-                )
+            np.testing.assert_allclose(compared["p_rank"], rank, rtol=1e-9)
             np.testing.assert_allclose(compared["p_welch"], welch, rtol=1e-10)
-            np.testing.assert_allclose(compared["p_mwu"], mwu, rtol=1e-10)
-            tested = ~np.isnan(welch)
-            holm = np.full(len(welch), np.nan)
-            holm[tested] = multipletests(np.array(welch)[tested], method="holm")[1]
-            np.testing.assert_allclose(compared["p_welch_holm"], holm, rtol=1e-10)
-            assert (compared["significant"] == (compared["p_welch_holm"] < 0.05)).all()
+            tested = compared["tested"].to_numpy(dtype=bool)
+            assert not np.isnan(np.array(rank)[tested]).any()
+            holm = np.full(len(rank), np.nan)
+            holm[tested] = multipletests(np.array(rank)[tested], method="holm")[1]
+            np.testing.assert_allclose(compared.loc[tested, "p_rank_holm"], holm[tested],
+                                       rtol=1e-10)
+            assert (compared["family_size"] == tested.sum()).all()
+            assert (compared["significant"] == (compared["p_rank_holm"] < 0.05)).all()
             assert (family["n"].to_numpy() > 0).all()
 
 
@@ -148,6 +158,8 @@ def test_index_lists_missing_cells_short_cells_and_references(report_dir: Path) 
     assert "conf/env/cartpole.yaml" in index  # fallback for files without reference_scores
     assert "results metadata" in index
     assert "Holm" in index and "even-numbered seeds" in index
+    methods = index.split("## Methods")[1].split("\n## ")[0]
+    assert "exact Wilcoxon-Mann-Whitney" in methods and "coverage" in methods
     for name in ("significance-final_return", "best_lr-auc", "significance-steps_to_threshold"):
         tex = (report_dir / f"{name}.tex").read_text()
         assert "\\toprule" in tex and "\\bottomrule" in tex and "\\caption{" in tex
@@ -187,7 +199,7 @@ def test_aggregate_uses_normalised_scores_with_stratified_intervals(report_dir: 
     row = aggregate[(aggregate["reduction"] == "sum") & (aggregate["lr"] == 0.001)].iloc[0]
 
     assert row["n_runs"] == 12 and row["n_envs"] == 2
-    assert row["iqm"] == pytest.approx(scipy.stats.trim_mean(scores, 0.25))
+    assert row["iqm"] == pytest.approx(intervals.iqm(np.array(scores)))
     assert row["iqm_ci_low"] <= row["iqm"] <= row["iqm_ci_high"]
 
 
@@ -211,3 +223,30 @@ def test_every_env_config_has_reference_scores() -> None:
     for path in sorted((REPO_ROOT / "conf/env").glob("*.yaml")):
         scores = yaml.safe_load(path.read_text())["reference_scores"]
         assert scores["solved"] > scores["random"], path
+
+
+def test_report_is_swapped_in_whole_and_bad_reference_is_one_line(
+    report_dir: Path, tmp_path: Path
+) -> None:
+    """A mistyped --reference is refused before any work, naming the valid choices; a report
+    of an experiment without the reference reduction is written (no crash), replacing the
+    previous report whole: no file of the old report survives beside the new one."""
+    bad = run_report(str(report_dir.parent), "--reference", "nosuch")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    assert "nosuch" in bad.stderr and "traj_step_mean" in bad.stderr
+
+    experiment = tmp_path / "only-sum"
+    seeds = [0, 1, 2]
+    write_result_file(experiment / "data", "a", seeds, noisy_episodes(seeds, 100.0,
+                      np.random.default_rng(1)), reduction="sum", total_steps=TOTAL_STEPS)
+    stale = experiment / "report" / "significance-old_metric.csv"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("old")
+
+    result = run_report(str(experiment), "--resamples", "200")
+
+    assert result.returncode == 0, result.stderr
+    assert not stale.exists()
+    table = pd.read_csv(experiment / "report" / "significance-final_return.csv")
+    assert (table["role"] == "no reference").all()
+    assert not list(experiment.glob(".report*"))

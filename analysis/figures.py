@@ -1,0 +1,126 @@
+"""Which figures a report draws, from which numbers: the data preparation and file names of
+the convergence, lr-sensitivity and aggregate figures (the drawing is `analysis.plots`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from analysis import intervals, plots
+from analysis.aggregate import STATISTICS, Aggregates
+from analysis.formatting import family_label, slug, text
+from analysis.settings import ReportSettings
+
+CONTINUOUS_METRICS = ("final_return", "auc")
+METRIC_LABELS = {
+    "final_return": "final return",
+    "auc": "area under the curve (mean return over the run)",
+}
+AXIS_LABELS = {"final_return": "final return", "auc": "AUC (mean return)"}
+FIGURE_PREFIXES = ("convergence", "lr_sensitivity", "aggregate", "performance_profile")
+
+FigureFiles = list[tuple[str, list[Path]]]  # (title or kind, [PNG, PDF]) per figure
+
+
+def write_convergence_figures(
+    bands: pd.DataFrame, cells: Sequence[str], report_dir: Path, settings: ReportSettings
+) -> FigureFiles:
+    """One convergence figure per family of cells (same values of every cell column other than
+    env, algo and reduction)."""
+    family_columns = [c for c in cells if c not in ("env", "algo", "reduction")]
+    figures = []
+    for family_values, family in bands.groupby(family_columns, dropna=False, sort=True):
+        title = ", ".join(
+            f"{c}={text(v)}" for c, v in zip(family_columns, family_values, strict=True)
+        )
+        stem = report_dir / f"convergence-{slug(title)}"
+        figures.append((title, plots.plot_convergence(family, title, stem, settings.confidence)))
+    return figures
+
+
+def write_lr_sensitivity_figures(
+    summary: pd.DataFrame, cells: Sequence[str], report_dir: Path, settings: ReportSettings
+) -> FigureFiles:
+    """Per continuous metric, the metric's mean over the cell's seeds that did not diverge
+    against lr, for the families with more than one lr (none without lr sweeps)."""
+    family_columns = [c for c in cells if c not in ("reduction", "lr")]
+    lr_counts = summary.groupby(family_columns, dropna=False)["lr"].transform("nunique")
+    swept = summary[lr_counts > 1]
+    if swept.empty:
+        return []
+    facet_columns = [c for c in family_columns if c != "env"]
+    figures = []
+    for metric in CONTINUOUS_METRICS:
+        points = pd.DataFrame(
+            {
+                "row": "env=" + swept["env"].astype(str),
+                "column": [family_label(r, facet_columns) for _, r in swept.iterrows()],
+                "reduction": swept["reduction"],
+                "lr": swept["lr"],
+                "value": swept[f"{metric}_mean"],
+                "low": swept[f"{metric}_ci_low"],
+                "high": swept[f"{metric}_ci_high"],
+                "n_seeds": swept[f"{metric}_n"],
+            }
+        )
+        title = (
+            f"{METRIC_LABELS[metric]} against learning rate\npoint: mean over the cell's seeds "
+            f"that did not diverge; bar: {settings.confidence:.0%} "
+            f"{intervals.method_label(intervals.MEAN)}"
+        )
+        stem = report_dir / f"lr_sensitivity-{metric}"
+        figures.append(
+            (metric, plots.plot_lr_sensitivity(points, AXIS_LABELS[metric], title, stem))
+        )
+    return figures
+
+
+def write_aggregate_figures(
+    aggregates: Aggregates, cells: Sequence[str], report_dir: Path, settings: ReportSettings
+) -> FigureFiles:
+    """The aggregate interval plot and the performance profiles (none when no env has
+    reference scores)."""
+    if aggregates.table.empty:
+        return []
+    label_columns = [c for c in cells if c not in ("env", "reduction")]
+    confidence = f"{settings.confidence:.0%}"
+    envs = ", ".join(aggregates.envs_used)
+    table = aggregates.table
+    intervals = pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "group": [family_label(r, label_columns) for _, r in table.iterrows()],
+                    "statistic": label,
+                    "reduction": table["reduction"],
+                    "value": table[name],
+                    "low": table[f"{name}_ci_low"],
+                    "high": table[f"{name}_ci_high"],
+                }
+            )
+            for name, label, _ in STATISTICS
+        ],
+        ignore_index=True,
+    )
+    interval_title = (
+        f"Normalised final return across envs ({envs}); 0 = random policy, 1 = solved\n"
+        f"point: IQM and optimality gap over all runs pooled, mean of the per-env means; bar: "
+        f"{confidence} stratified bootstrap CI; optimality gap: lower is better"
+    )
+    profiles = aggregates.profiles.assign(
+        group=[family_label(r, label_columns) for _, r in aggregates.profiles.iterrows()]
+    )
+    profile_title = (
+        f"Performance profile, normalised final return across envs ({envs})\nline: fraction of "
+        f"runs with score > \u03c4 (mean over envs of each env's fraction); band: {confidence} "
+        "stratified bootstrap CI"
+    )
+    return [
+        ("intervals",
+         plots.plot_aggregate_intervals(intervals, interval_title, report_dir / "aggregate")),
+        ("profile",
+         plots.plot_performance_profile(profiles, profile_title,
+                                        report_dir / "performance_profile")),
+    ]
