@@ -6,10 +6,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from analysis import intervals, plots
 from analysis.aggregate import STATISTICS, Aggregates
+from analysis.claims import LOWER_IS_BETTER, ClaimResult
 from analysis.formatting import family_label, slug, text
 from analysis.settings import ReportSettings
 
@@ -19,7 +21,6 @@ METRIC_LABELS = {
     "auc": "area under the curve (mean return over the run)",
 }
 AXIS_LABELS = {"final_return": "final return", "auc": "AUC (mean return)"}
-FIGURE_PREFIXES = ("convergence", "lr_sensitivity", "aggregate", "performance_profile")
 
 FigureFiles = list[tuple[str, list[Path]]]  # (title or kind, [PNG, PDF]) per figure
 
@@ -124,3 +125,48 @@ def write_aggregate_figures(
          plots.plot_performance_profile(profiles, profile_title,
                                         report_dir / "performance_profile")),
     ]
+
+
+def claim_points(result: ClaimResult) -> pd.DataFrame:
+    """The primary metric's comparisons of a claim as the points of `plots.plot_claim`: one per
+    condition x grid point x treatment, faceted by view."""
+    claim, rows = result.claim, result.comparisons
+    rows = rows[rows["metric"] == claim.metrics[0]]
+    lower = claim.metrics[0] in LOWER_IS_BETTER
+    value, low, high = (("prob_sooner", "sooner_ci_low", "sooner_ci_high") if lower
+                        else ("prob_improvement", "poi_ci_low", "poi_ci_high"))
+    labels = []
+    for _, row in rows.iterrows():
+        parts = [text(row[c]) for c in claim.conditions]
+        parts.append(f"lr={text(row['lr'])}" if "lr" in row else "")
+        labels.append(f"{row['treatment']} vs {claim.control} \u00b7 " + " \u00b7 ".join(
+            p for p in parts if p))
+    facet_names = {"matched_lr": "same lr", "best_lr": "each at its best lr (odd seeds)"}
+    return pd.DataFrame({
+        "facet": rows["view"].map(facet_names).to_numpy(),
+        "label": labels,
+        "value": rows.get(value, pd.Series(np.nan, index=rows.index)).to_numpy(dtype=float),
+        "low": rows.get(low, pd.Series(np.nan, index=rows.index)).to_numpy(dtype=float),
+        "high": rows.get(high, pd.Series(np.nan, index=rows.index)).to_numpy(dtype=float),
+        "verdict": rows["verdict"].to_numpy(),
+    })
+
+
+def write_claim_figures(results: Sequence[ClaimResult], report_dir: Path,
+                        settings: ReportSettings) -> FigureFiles:
+    """One figure per claim with comparisons: the effect with its interval and the verdict of
+    every comparison of its primary metric."""
+    figures = []
+    for result in results:
+        if result.comparisons.empty:
+            continue
+        claim = result.claim
+        better = "sooner" if claim.metrics[0] in LOWER_IS_BETTER else "better"
+        title = (f"Claim {claim.id}: {claim.metrics[0]}, treatment against {claim.compare}="
+                 f"{claim.control}\npoint: P(treatment {better} than control) over seed pairs; "
+                 f"bar: {settings.confidence:.0%} "
+                 f"{intervals.method_label(intervals.PROBABILITY_OF_IMPROVEMENT)}")
+        axis = f"P({claim.metrics[0]} {better} than {claim.control})"
+        figures.append((claim.id, plots.plot_claim(claim_points(result), title, axis,
+                                                   report_dir / f"claim-{slug(claim.id)}")))
+    return figures

@@ -667,3 +667,48 @@ def plot_performance_profile(profiles: pd.DataFrame, title: str, path_stem: Path
     _reduction_legend(figure, styles, labels, columns=2 * len(groups))
     _header(figure, [title, identical.note()])
     return save_figure(figure, path_stem)
+
+
+# Verdict colours of the claim figures (colour-blind safe; the verdict is also written).
+VERDICT_COLORS = {
+    "supported": "#1b7837",
+    "contradicted": "#b2182b",
+    "no difference shown": "#636363",
+    "identical by construction": "#2166ac",
+    "not testable": "#bdbdbd",
+}
+
+
+def plot_claim(points: pd.DataFrame, title: str, axis_label: str, path_stem: Path) -> list[Path]:
+    """A claim's evidence at a glance: one line per comparison (``label``) with the effect
+    ``value`` (P(treatment better than control)) and its interval ``low``-``high``, coloured
+    and annotated by ``verdict``, against the no-effect line at 1/2; one facet per ``facet``
+    (a view, e.g. matched or best lr). Writes PNG and PDF; returns their paths."""
+    facets = list(dict.fromkeys(points["facet"]))
+    longest = max((text_width_inches(str(label), "small") for label in points["label"]),
+                  default=1.0)
+    rows = max(len(points[points["facet"] == f]) for f in facets)
+    figure = Figure(figsize=(min(4.5 + longest, 14.0) * len(facets) ** 0.5 + 2.0,
+                             0.32 * rows + 1.6), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, len(facets), squeeze=False)[0]
+    for ax, facet in zip(axes, facets, strict=True):
+        part = points[points["facet"] == facet].reset_index(drop=True)
+        for position, row in part.iterrows():
+            color = VERDICT_COLORS.get(row["verdict"], "#000000")
+            value = float(row["value"])
+            if np.isfinite(value):
+                ax.errorbar([value], [position],
+                            xerr=[[value - row["low"]], [row["high"] - value]],
+                            color=color, marker="o", markersize=5, capsize=3, linewidth=1.6)
+            ax.annotate(row["verdict"], (1.02, position), xycoords=("axes fraction", "data"),
+                        va="center", fontsize="x-small", color=color)
+        ax.axvline(0.5, color="black", linewidth=0.8, linestyle="--")
+        ax.set_xlim(0, 1)
+        ax.set_yticks(range(len(part)), part["label"], fontsize="small")
+        ax.set_ylim(len(part) - 0.5, -0.5)
+        ax.grid(True, axis="x", alpha=0.3)
+        ax.set_xlabel(axis_label)
+        ax.set_title(facet, fontsize=TITLE_FONTSIZE)
+    _header(figure, [title])
+    return save_figure(figure, path_stem)

@@ -11,6 +11,7 @@ import pandas as pd
 
 from analysis import calibration, intervals, tables
 from analysis.aggregate import Aggregates
+from analysis.claims import Claim, ClaimResult
 from analysis.document import Block, Bullets, Figure, Heading, Paragraph, Table
 from analysis.exports import aggregate_display, display_frame
 from analysis.figures import METRIC_LABELS, FigureFiles
@@ -33,14 +34,18 @@ def report_blocks(
     summary: pd.DataFrame,
     comparison_tables: Sequence[tables.ComparisonTable],
     aggregates: Aggregates,
+    claims: tuple[Sequence[ClaimResult], Sequence[str]],
     references: dict[str, ReferenceScores],
     figures: dict[str, FigureFiles],
     settings: ReportSettings,
 ) -> list[Block]:
-    """The index page as document blocks, in reading order."""
+    """The index page as document blocks, in reading order: the claims' verdicts first, then
+    figures and tables, then how every number was computed, then completeness and
+    provenance."""
     cells = cell_columns(dataset)
     generated = datetime.now(timezone.utc).isoformat(timespec="seconds")
     by_name = {t.name: t for t in comparison_tables}
+    claim_results, claim_errors = claims
     return [
         Heading(f"Report: {Path(dataset.experiment_dir).resolve().name}", 1),
         Paragraph(
@@ -49,14 +54,9 @@ def report_blocks(
             f"`{settings.reference}`; significance level {settings.alpha}; intervals "
             f"{settings.confidence:.0%}; bootstrap intervals {settings.n_resamples} resamples, "
             f"seeded per cell and statistic from base seed {settings.bootstrap_seed}. How every "
-            "number is computed: Methods."
+            "number is computed: Metrics and Methods; what the data cover: Completeness."
         ),
-        *completeness_blocks(dataset, per_seed, cells),
-        *data_blocks(dataset, per_seed),
-        *provenance_blocks(dataset),
-        *cells_blocks(per_seed, cells),
-        *metrics_blocks(references, per_seed, settings),
-        *methods_blocks(settings),
+        *claims_blocks(claim_results, claim_errors, figures.get("claims", []), settings),
         *convergence_blocks(figures["convergence"], settings),
         *significance_blocks(
             [by_name[n] for n in by_name if n.startswith("significance-")], settings
@@ -66,6 +66,12 @@ def report_blocks(
         ),
         *aggregate_blocks(aggregates, figures["aggregate"], settings),
         *summary_blocks(summary, settings),
+        *metrics_blocks(references, per_seed, settings),
+        *methods_blocks(settings),
+        *completeness_blocks(dataset, per_seed, cells),
+        *data_blocks(dataset, per_seed),
+        *provenance_blocks(dataset),
+        *cells_blocks(per_seed, cells),
     ]
 
 
@@ -527,3 +533,77 @@ def methods_blocks(settings: ReportSettings) -> list[Block]:
         ),
         Bullets(tuple(coverage)),
     ]
+
+
+def claim_condition(row: pd.Series, claim: Claim) -> str:
+    """The condition of a summary row as text: "env=cartpole · optim=sgd"."""
+    return family_label(row, claim.conditions)
+
+
+def verdict_table(results: Sequence[ClaimResult]) -> pd.DataFrame:
+    """One row per claim x condition x view x treatment: the verdict summary of every claim."""
+    rows = []
+    for result in results:
+        claim = result.claim
+        for _, row in result.summary.iterrows():
+            rows.append({
+                "claim": claim.id,
+                "condition": claim_condition(row, claim),
+                "view": row["view"],
+                "comparison": f"{row['treatment']} vs {claim.control}",
+                "prediction": claim.prediction,
+                "metric": row["metric"],
+                "verdict": row["verdict"],
+            })
+    return pd.DataFrame(rows)
+
+
+def claims_blocks(
+    results: Sequence[ClaimResult], errors: Sequence[str], figures: FigureFiles,
+    settings: ReportSettings,
+) -> list[Block]:
+    """The Claims section: how verdicts are computed, the verdict table, then per claim its
+    statement, source, figure and files."""
+    if not results and not errors:
+        return []
+    blocks: list[Block] = [
+        Heading("Claims"),
+        Paragraph(
+            "Each claim of the seed texts is a file in `conf/claims/` (statement, source, the "
+            "grid slice, the comparison, metrics, prediction). Verdicts are computed from the "
+            "tables below, never typed: per comparison, `identical by construction` when "
+            "every seed's episodes are bit-identical; else the exact rank-sum test, "
+            f"Holm-corrected within its family (level {settings.alpha}), decides: `supported` "
+            "when significant in the predicted direction (for `not_less`: when the lower "
+            "bound of P(treatment better) is at least 1/2 - margin), `contradicted` when "
+            "significant against it, otherwise `no difference shown` (with the minimum "
+            "detectable effect in the claim's CSV). `same lr` compares at each lr of the grid; "
+            "`best lr` each side at its own best lr (chosen on even seeds, tested on odd "
+            "seeds). The verdict shown is the first metric's; a condition whose grid points "
+            "disagree lists each verdict with its count."
+        ),
+    ]
+    blocks += [Paragraph(f"Cannot be judged: {error}") for error in errors]
+    table = verdict_table(results)
+    if len(table):
+        blocks.append(Table(table))
+    by_id = dict(figures)
+    for result in results:
+        claim = result.claim
+        blocks += [
+            Heading(claim.id, 3),
+            Paragraph(f"\u201c{claim.statement}\u201d ({claim.source}; judged on "
+                      f"`{claim.compare}`, prediction `{claim.prediction}`, claim file "
+                      f"`{Path(claim.path).name}`)."),
+        ]
+        if result.comparisons.empty:
+            blocks.append(Paragraph("No comparison of this claim has data here."))
+            continue
+        if claim.id in by_id:
+            png, pdf = by_id[claim.id]
+            blocks.append(Figure(png, f"Claim {claim.id}: P(treatment better than control) "
+                                 "with its interval and verdict, per comparison.", pdf))
+        blocks.append(Paragraph(
+            f"Every comparison with its statistics: [claim-{claim.id}.csv](claim-{claim.id}.csv)."
+        ))
+    return blocks

@@ -32,11 +32,12 @@ import pandas as pd
 from analysis import figures, plots, tables
 from analysis.aggregate import compute_aggregates
 from analysis.cells import compute_cell_metrics, summarize_cells
+from analysis.claims import ClaimError, ClaimResult, evaluate, load_claims
 from analysis.cli import ArgumentParser
 from analysis.document import to_html, to_markdown
 from analysis.exports import write_aggregate_table, write_table
 from analysis.load import Dataset, DatasetError, SkippedFileWarning, cell_columns, load_dataset
-from analysis.prose import aggregate_caption, report_blocks
+from analysis.prose import aggregate_caption, report_blocks, verdict_table
 from analysis.references import reference_scores
 from analysis.settings import ReportSettings
 from bench.schema import REDUCTIONS
@@ -75,6 +76,21 @@ def build_tables(
     return built
 
 
+def judge_claims(
+    dataset: Dataset, per_seed: pd.DataFrame, cells: list[str], settings: ReportSettings
+) -> tuple[list[ClaimResult], list[str]]:
+    """The verdicts of the claims judged on this experiment (``conf/claims/*.yaml`` whose
+    ``experiment`` is this folder's name), and one message per claim that cannot be judged
+    on these data."""
+    results, errors = [], []
+    for claim in load_claims(experiment=Path(dataset.experiment_dir).resolve().name):
+        try:
+            results.append(evaluate(claim, per_seed, cells, settings))
+        except ClaimError as error:
+            errors.append(str(error))
+    return results, errors
+
+
 def write_report_files(dataset: Dataset, settings: ReportSettings, report_dir: Path) -> Path:
     """Every file of the report into the (empty) ``report_dir``; returns the index path."""
     cells = cell_columns(dataset)
@@ -98,9 +114,17 @@ def write_report_files(dataset: Dataset, settings: ReportSettings, report_dir: P
     per_seed.to_csv(report_dir / "per_seed_metrics.csv", index=False)
     summary.to_csv(report_dir / "summary.csv", index=False)
 
+    claim_results, claim_errors = judge_claims(dataset, per_seed, cells, settings)
+    for result in claim_results:
+        if len(result.comparisons):
+            result.comparisons.to_csv(report_dir / f"claim-{result.claim.id}.csv", index=False)
+    if claim_results:
+        verdict_table(claim_results).to_csv(report_dir / "claims.csv", index=False)
+    figure_files["claims"] = figures.write_claim_figures(claim_results, report_dir, settings)
+
     blocks = report_blocks(
-        dataset, per_seed, summary, comparison_tables, aggregates, references, figure_files,
-        settings,
+        dataset, per_seed, summary, comparison_tables, aggregates,
+        (claim_results, claim_errors), references, figure_files, settings,
     )
     title = f"Report: {Path(dataset.experiment_dir).resolve().name}"
     index = report_dir / "index.md"

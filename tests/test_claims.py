@@ -1,0 +1,115 @@
+"""Claims as data: the claim files, the verdict rule, and the report's Claims section on a
+synthetic experiment whose truth is known."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from test_analysis import run_report, write_result_file
+
+from analysis import claims
+
+SEEDS = list(range(12))  # best lr tests the 6 odd seeds: separation p = 2 / C(12, 6)
+TOTAL_STEPS = 200
+
+
+def test_every_claim_file_loads_and_names_a_seed_text() -> None:
+    loaded = claims.load_claims()
+    repo = claims.CLAIMS_DIR.parents[1]
+    experiments = {
+        yaml.safe_load(p.read_text()).get("name") for p in (repo / "conf/experiment").glob("*.yaml")
+    }
+
+    assert len(loaded) >= 4
+    assert len({c.id for c in loaded}) == len(loaded)
+    for claim in loaded:
+        assert claim.prediction in claims.PREDICTIONS and claim.metrics and claim.conditions
+        assert (repo / claim.source).resolve().is_file(), claim.source  # ../shared beside it
+        assert claim.experiment in experiments, claim.experiment
+
+
+def test_a_bad_claim_file_is_one_clear_error(tmp_path: Path) -> None:
+    good = (claims.CLAIMS_DIR / "001_sum_or_loop_never_mean.yaml").read_text()
+    (tmp_path / "a.yaml").write_text(good.replace("prediction: greater", "prediction: bigger"))
+    with pytest.raises(claims.ClaimError, match="prediction 'bigger'; valid"):
+        claims.load_claims(tmp_path)
+    (tmp_path / "a.yaml").write_text(good + "colour: red\n")
+    with pytest.raises(claims.ClaimError, match=r"unknown field\(s\) \['colour'\]"):
+        claims.load_claims(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("row", "prediction", "expected"),
+    [
+        ({"identical": True}, "greater", "identical by construction"),
+        ({"tested": False}, "greater", "not testable"),
+        ({"tested": True, "significant": True, "prob_improvement": 0.9}, "greater", "supported"),
+        ({"tested": True, "significant": True, "prob_improvement": 0.1}, "greater",
+         "contradicted"),
+        ({"tested": True, "significant": False, "prob_improvement": 0.9}, "greater",
+         "no difference shown"),
+        ({"tested": True, "significant": True, "prob_improvement": 0.1}, "less", "supported"),
+        ({"tested": True, "significant": True, "prob_improvement": 0.1}, "differs", "supported"),
+        ({"tested": True, "significant": False, "prob_improvement": 0.5, "poi_ci_low": 0.45},
+         "not_less", "supported"),
+        ({"tested": True, "significant": False, "prob_improvement": 0.5, "poi_ci_low": 0.2},
+         "not_less", "no difference shown"),
+        ({"tested": True, "significant": True, "prob_improvement": 0.2, "poi_ci_low": 0.05},
+         "not_less", "contradicted"),
+    ],
+)
+def test_verdict_rule(row: dict, prediction: str, expected: str) -> None:
+    assert claims.verdict(row, prediction, margin=0.1) == expected
+
+
+def test_lower_is_better_metrics_use_the_sooner_probability() -> None:
+    row = {"tested": True, "significant": True, "prob_sooner": 0.9}
+    assert claims.verdict(row, "greater", 0.1, lower_is_better=True) == "supported"
+
+
+def rising(seeds: list[int], level: float, rng: np.random.Generator) -> list[tuple]:
+    return [(s, t, level * t / TOTAL_STEPS + rng.normal(0, 5)) for s in seeds
+            for t in range(20, TOTAL_STEPS + 1, 20)]
+
+
+def test_report_leads_with_the_claims_verdicts(tmp_path: Path) -> None:
+    """seed_claims_003's claim on synthetic data: under SGD sum and per_step learn far better
+    than mean at every lr (supported), under Adam every reduction's runs are the same
+    episodes (identical by construction)."""
+    experiment = tmp_path / "seed_claims_003"
+    rng = np.random.default_rng(0)
+    for lr in (0.01, 0.1):
+        adam = rising(SEEDS, 100.0, rng)
+        for reduction in ("sum", "per_step", "mean"):
+            level = 20.0 if reduction == "mean" else 200.0
+            for optim, episodes in (("sgd", rising(SEEDS, level, rng)), ("adam", adam)):
+                write_result_file(
+                    experiment / "data", f"{reduction}-{optim}-{lr}", SEEDS, episodes,
+                    algo="reinforce", env="cartpole", reduction=reduction, optim=optim, lr=lr,
+                    total_steps=TOTAL_STEPS,
+                )
+
+    result = run_report(str(experiment), "--resamples", "200")
+
+    assert result.returncode == 0, result.stderr
+    report = experiment / "report"
+    index = (report / "index.md").read_text()
+    sections = [line for line in index.splitlines() if line.startswith("## ")]
+    assert sections[0] == "## Claims" and sections[-1] == "## Cells"
+    verdicts = pd.read_csv(report / "claims.csv")
+    mine = verdicts[verdicts["claim"] == "sum_or_loop_never_mean"]
+    sgd = mine[mine["condition"].str.contains("optim=sgd")]
+    adam = mine[mine["condition"].str.contains("optim=adam")]
+    assert set(sgd["verdict"]) == {"supported (all 2)", "supported"}
+    assert set(adam.loc[adam["view"] == "matched_lr", "verdict"]) == {
+        "identical by construction (all 2)"
+    }
+    assert (report / "claim-sum_or_loop_never_mean.png").stat().st_size > 0
+    detail = pd.read_csv(report / "claim-sum_or_loop_never_mean.csv")
+    assert {"p_rank_holm", "mde_poi", "prob_improvement", "poi_ci_low", "verdict"} <= set(
+        detail.columns
+    )
