@@ -9,7 +9,8 @@ value output), drawn per seed from that seed's own generator.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -91,13 +92,16 @@ class SeedLinear(nn.Module):
                 self.weight[s].copy_(matrix.T)
             self.bias.zero_()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, slots: torch.Tensor | None = None) -> torch.Tensor:
+        """``x [S, B, in]``, or with ``slots [R]`` (indices) the inputs of those slots only,
+        ``[R, B, in]``."""
+        weight, bias = _rows(self.weight, slots), _rows(self.bias, slots)
         # The custom backward only matters for a weight gradient summed over several rows;
         # acting (no gradient) and one-row batches (per_step, stepwise updates) skip its
         # per-call overhead with the same forward computation.
         if x.shape[1] == 1 or not torch.is_grad_enabled():
-            return _SlotAffine.affine(x, self.weight, self.bias)
-        return _SlotAffine.apply(x, self.weight, self.bias)
+            return _SlotAffine.affine(x, weight, bias)
+        return _SlotAffine.apply(x, weight, bias)
 
 
 class SeedMLP(nn.Module):
@@ -131,9 +135,43 @@ class SeedMLP(nn.Module):
             if not is_output or output_activation:
                 layers.append(ACTIVATIONS[activation]())
         self.layers = nn.Sequential(*layers)
+        # Set by `only_slots`: the slots whose rows inputs hold (indices), or None (all).
+        self.slots: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
+        if self.slots is None:
+            return self.layers(x)
+        for layer in self.layers:
+            x = layer(x, self.slots) if isinstance(layer, SeedLinear) else layer(x)
+        return x
+
+
+@contextmanager
+def only_slots(slots: torch.Tensor, *modules: nn.Module | None) -> Iterator[None]:
+    """Within the block, `modules` (and their submodules) compute the slots ``slots [R]``
+    (ascending indices) only: inputs and outputs are ``[R, ...]``, row r being slot
+    ``slots[r]``, and the parameters of the other slots get no gradient (exact zeros).
+
+    What a slot's rows compute does not depend on which other slots are there (as for the
+    slots of a pack), so this only saves the work of slots that have nothing to compute, e.g.
+    those that do not update now. All the slots: nothing changes.
+    """
+    subsets = [m for module in modules if module is not None for m in module.modules()
+               if isinstance(m, (SeedMLP, Policy))]
+    num_slots = next(p for m in modules if m is not None for p in m.parameters()).shape[0]
+    index = None if len(slots) == num_slots else slots
+    for module in subsets:
+        module.slots = index
+    try:
+        yield
+    finally:
+        for module in subsets:
+            module.slots = None
+
+
+def _rows(param: torch.Tensor, slots: torch.Tensor | None) -> torch.Tensor:
+    """A per-slot parameter's rows of `slots` (all if None)."""
+    return param if slots is None else param.index_select(0, slots)
 
 
 class Policy(nn.Module):
@@ -162,13 +200,14 @@ class Policy(nn.Module):
         )
         if not discrete:
             self.log_std = nn.Parameter(torch.full((len(seeds), 1, action_dim), init_log_std))
+        self.slots: torch.Tensor | None = None  # see `only_slots`
 
     def distribution(self, obs: torch.Tensor) -> torch.distributions.Distribution:
         """The action distribution at ``obs [S, B, obs_dim]`` (batch shape ``[S, B]``)."""
         out = self.body(obs)
         if self.discrete:
             return torch.distributions.Categorical(logits=out, validate_args=False)
-        std = self.log_std.exp().expand_as(out)
+        std = _rows(self.log_std, self.slots).exp().expand_as(out)
         normal = torch.distributions.Normal(out, std, validate_args=False)
         return torch.distributions.Independent(normal, 1, validate_args=False)
 
@@ -188,7 +227,7 @@ class Policy(nn.Module):
             cdf = log_probs.exp().cumsum(dim=-1)
             actions = (noise.unsqueeze(-1) >= cdf).sum(dim=-1).clamp(max=cdf.shape[-1] - 1)
             return actions, log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-        log_std = self.log_std.expand_as(out)
+        log_std = _rows(self.log_std, self.slots).expand_as(out)
         actions = out + log_std.exp() * noise
         log_density = -0.5 * noise.pow(2) - log_std - 0.5 * math.log(2 * math.pi)
         return actions, log_density.sum(dim=-1)

@@ -240,7 +240,8 @@ class SlotOptimizer:
         torch._foreach_zero_([param.grad for param in self.params])
 
     def step(
-        self, reduced_loss: torch.Tensor, skip: torch.Tensor | None = None
+        self, reduced_loss: torch.Tensor, skip: torch.Tensor | None = None,
+        slots: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Clip and apply the accumulated gradients of the slots that have not diverged.
 
@@ -249,12 +250,16 @@ class SlotOptimizer:
         become NaN/inf in this step (a finite gradient that overflows them) is marked diverged
         too, with the parameters it got. Slots where ``skip [S]`` is True (e.g. PPO's per-slot
         early stop; on the parameters' device) take no step: parameters, optimiser state and
-        step counter unchanged.
+        step counter unchanged. With ``slots [R]`` (indices), `reduced_loss` holds those slots'
+        losses only (``[R]``) and every other slot must be skipped.
         Gradients are clipped per slot to its max norm by torch's clip_grad_norm_ rule.
         Returns the per-slot gradient L2 norm over all parameters before clipping (float64
         ``[S]``) and the slots that diverged at this step (bool ``[S]``), on the parameters'
         device.
         """
+        if slots is not None:
+            reduced_loss = reduced_loss.new_zeros(self.num_slots).index_copy_(
+                0, slots, reduced_loss)
         self._gather_grads()
         grads = self.flat_grads
         stepping = ~self.diverged if skip is None else ~(self.diverged | skip)

@@ -113,20 +113,30 @@ class UpdateRows:
         learning_rate: torch.Tensor,
         env_steps: np.ndarray,
         wall_time: float,
+        slots: torch.Tensor | None = None,
     ) -> None:
         """One gradient step on the steps `valid` ``[S, K]``: a row for each slot where
         ``stepped [S]``, with its ``learning_rate [S]``. Per-step terms are averaged over valid
-        steps (unweighted)."""
+        steps (unweighted). With ``slots [R]`` (indices), `loss`, `terms`, `valid`,
+        `trajectory` and `kl` hold those slots' rows only (``[R, ...]``), and `stepped` must be
+        False for every other slot."""
         nan = torch.full_like(grad_norm, float("nan"))
-        values = {
-            "stepped": stepped, "loss": loss, "approx_kl": kl, "grad_norm": grad_norm,
-            "learning_rate": learning_rate,
+        per_row = {
+            "loss": loss, "approx_kl": kl,
             "batch_steps": valid.sum(dim=1),
             "batch_trajectories": (trajectory_lengths(valid, trajectory) > 0).sum(dim=1),
-            "diverged": newly_diverged,
         }
         for term, column in TERM_COLUMNS.items():
-            values[column] = masked_mean(terms[term], valid) if term in terms else nan
+            if term in terms:
+                per_row[column] = masked_mean(terms[term], valid)
+        if slots is not None:
+            per_row = {name: grad_norm.new_zeros(grad_norm.shape).index_copy_(
+                0, slots, value.detach().to(grad_norm.dtype))
+                for name, value in per_row.items()}
+        values = {"stepped": stepped, "grad_norm": grad_norm, "learning_rate": learning_rate,
+                  "diverged": newly_diverged, **per_row}
+        for column in TERM_COLUMNS.values():
+            values.setdefault(column, nan)
         stacked = torch.stack([values[name].detach().to(torch.float64)
                                for name in _STEP_VALUES])
         self._pending.append((stacked, env_steps.copy(), wall_time))

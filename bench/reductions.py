@@ -62,6 +62,10 @@ class SlotReductions:
     per_slot: tuple[Reduction, ...]
     # Per-slot tensors that every call of `step_weights` would otherwise rebuild.
     _cache: dict = field(default_factory=dict, compare=False, repr=False)
+    # For the reductions of some slots of another `SlotReductions` (`take`): that one and the
+    # slots' indices in it, whose rows of its tables are this one's tables.
+    _source: tuple[SlotReductions, torch.Tensor] | None = field(
+        default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         per_step = {reduction.name == "per_step" for reduction in self.per_slot}
@@ -72,8 +76,22 @@ class SlotReductions:
         """The reductions' names present, in sorted order."""
         return sorted({reduction.name for reduction in self.per_slot})
 
+    def take(self, index: torch.Tensor) -> SlotReductions:
+        """The reductions of the slots ``index [R]`` (in that order), with this one's tables
+        (their rows): the tables are built once however many subsets are taken."""
+        per_slot = tuple(self.per_slot[i] for i in index.tolist())
+        return SlotReductions(per_slot, _source=(self, index))
+
+    def _from_source(self, table: str, *args: object) -> torch.Tensor:
+        """This subset's rows of its source's `table` (see `take`)."""
+        source, index = self._source
+        values = getattr(source, table)(*args)
+        return values.index_select(0, index.to(values.device))
+
     def rows(self, name: str, device: torch.device) -> torch.Tensor:
         """Bool ``[S, 1]``: the slots whose reduction is `name`."""
+        if self._source is not None:
+            return self._from_source("rows", name, device)
         key = ("rows", name, device)
         if key not in self._cache:
             self._cache[key] = torch.tensor(
@@ -82,6 +100,8 @@ class SlotReductions:
 
     def max_lengths(self, device: torch.device) -> torch.Tensor:
         """Each slot's T_max (constant), float64 ``[S, 1]`` (1 where unused)."""
+        if self._source is not None:
+            return self._from_source("max_lengths", device)
         key = ("max_length", device)
         if key not in self._cache:
             self._cache[key] = torch.tensor(
@@ -94,6 +114,8 @@ class SlotReductions:
         computed on the host with math.pow: a vectorised pow of a tensor rounds differently in
         different positions of the tensor, which would make a slot depend on its neighbours.
         Grown (doubling) as longer trajectories come."""
+        if self._source is not None:
+            return self._from_source("length_powers", longest, device)
         key = ("length_power", device)
         table = self._cache.get(key)
         if table is None or table.shape[1] <= longest:

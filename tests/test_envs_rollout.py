@@ -22,6 +22,7 @@ def collector(
     episodes: int = 0,
     steps: int = 0,
     backend: str = "gymnasium",
+    ready_fraction: float | None = None,
 ):
     """An EpisodeCollector (`episodes` per update) or a StepCollector (`steps` per update)."""
     env_cfg = {"id": gym_id, "max_episode_steps": max_steps, "backend": backend, "kwargs": {}}
@@ -30,13 +31,32 @@ def collector(
     policy = Policy(seeds, spec.obs_dim, spec.action_dim, spec.discrete, [16], "tanh", 0.0)
     if steps:
         return StepCollector(envs, policy, SeedNoise(seeds, CPU), steps, CPU)
-    return EpisodeCollector(envs, policy, SeedNoise(seeds, CPU), episodes, CPU)
+    return EpisodeCollector(envs, policy, SeedNoise(seeds, CPU), episodes, CPU, ready_fraction)
 
 
-def trajectories(batch, s: int) -> dict[int, np.ndarray]:
-    """Slot indices of each trajectory of seed s, in slot order."""
-    valid = batch.valid[s].numpy()
-    ids = batch.trajectory[s].numpy()
+def collect_batches(collect, wanted: np.ndarray) -> list:
+    """Call an EpisodeCollector until seed s has had ``wanted[s]`` batches handed out (a seed
+    acts only while it has fewer); returns every call's (batch, episodes)."""
+    received = np.zeros(len(wanted), dtype=np.int64)
+    collected = []
+    while (received < wanted).any():
+        batch, episodes = collect.collect(received < wanted)
+        received += batch.ready.numpy()
+        collected.append((batch, episodes))
+    assert (received == wanted).all()
+    return collected
+
+
+def row_of(batch, s: int) -> int | None:
+    """The batch's row of seed s (None if the batch has none)."""
+    rows = np.flatnonzero(batch.slots.numpy() == s)
+    return int(rows[0]) if rows.size else None
+
+
+def trajectories(batch, r: int) -> dict[int, np.ndarray]:
+    """Positions of each trajectory in the batch's row r, in position order."""
+    valid = batch.valid[r].numpy()
+    ids = batch.trajectory[r].numpy()
     return {int(i): np.flatnonzero(valid & (ids == i)) for i in np.unique(ids[valid])}
 
 
@@ -49,27 +69,30 @@ def test_recorded_episodes_match_an_independent_replay(gym_id: str, max_steps: i
     observations, rewards, episode returns, lengths and termination flags."""
     seeds = [4, 9]
     collect = collector(gym_id, max_steps, seeds, num_envs=1, episodes=5)
-    collected = [collect.collect(np.ones(2, dtype=bool)) for _ in range(2)]
+    collected = collect_batches(collect, np.array([2, 2]))
     all_recorded = []
     for s, seed in enumerate(seeds):
         env = make_env(gym_id, max_steps)
         obs, _ = env.reset(seed=env_reset_seeds(seed, 1)[0])
         replayed = []
         for batch, _ in collected:
-            for slots in trajectories(batch, s).values():
+            r = row_of(batch, s)
+            if r is None:
+                continue
+            for slots in trajectories(batch, r).values():
                 total, terminated = 0.0, False
                 for m in slots:
-                    np.testing.assert_allclose(batch.obs[s, m].numpy(), obs, rtol=0, atol=1e-6)
-                    action = batch.actions[s, m].numpy()
+                    np.testing.assert_allclose(batch.obs[r, m].numpy(), obs, rtol=0, atol=1e-6)
+                    action = batch.actions[r, m].numpy()
                     if not collect.envs.spec.discrete:
                         action = np.clip(action, env.action_space.low, env.action_space.high)
                     obs, reward, terminated, truncated, _ = env.step(action)
-                    np.testing.assert_allclose(batch.next_obs[s, m].numpy(), obs, atol=1e-6)
-                    assert batch.rewards[s, m].item() == pytest.approx(reward, rel=1e-6)
+                    np.testing.assert_allclose(batch.next_obs[r, m].numpy(), obs, atol=1e-6)
+                    assert batch.rewards[r, m].item() == pytest.approx(reward, rel=1e-6)
                     total += reward
-                assert batch.last[s, slots[-1]] and (terminated or truncated)
-                assert not batch.last[s, slots[:-1]].any()
-                assert bool(batch.terminated[s, slots[-1]]) == terminated
+                assert batch.last[r, slots[-1]] and (terminated or truncated)
+                assert not batch.last[r, slots[:-1]].any()
+                assert bool(batch.terminated[r, slots[-1]]) == terminated
                 replayed.append((float(total), len(slots), bool(terminated)))
                 obs, _ = env.reset()
         recorded = [
@@ -112,24 +135,31 @@ def test_an_ended_episode_resets_within_the_step_and_reports_its_final_observati
 
 
 @pytest.mark.parametrize("backend", ["gymnasium", "torch"])
-def test_each_seed_gets_exactly_its_episodes_and_waits_for_the_others(backend: str) -> None:
+@pytest.mark.parametrize("ready_fraction", [1.0, 0.5])
+def test_each_seed_gets_exactly_its_episodes(backend: str, ready_fraction: float) -> None:
+    """Every batch handed out holds exactly its seed's counted episodes, whole, whether the
+    collector waits for every seed (ready_fraction=1) or hands out each batch early."""
     seeds = [0, 1, 2]
-    collect = collector("CartPole-v1", 60, seeds, num_envs=2, episodes=5, backend=backend)
-    acting = np.array([True, False, True])
-    batch, episodes = collect.collect(acting)
-    assert np.bincount(episodes.seed_index, minlength=3).tolist() == [5, 0, 5]
-    assert collect.env_steps[1] == 0 and not batch.valid[1].any()
-    for s in (0, 2):
-        lengths = sorted(len(slots) for slots in trajectories(batch, s).values())
-        recorded = sorted(episodes.episode_length[episodes.seed_index == s].tolist())
-        assert lengths == recorded  # every counted episode is whole and in the batch
-        # Trajectory ids run on over the sub-envs (sub-env 0 runs 3 episodes, sub-env 1 two).
-        assert sorted(trajectories(batch, s)) == [0, 1, 2, 3, 4] and batch.num_blocks == 1
-        # Counted transitions never exceed the seed's env steps (discarded ones are extra).
-        assert batch.valid[s].sum() <= collect.env_steps[s]
-    # The next collection starts every counted episode afresh.
-    batch, episodes = collect.collect(np.ones(3, dtype=bool))
-    assert np.bincount(episodes.seed_index, minlength=3).tolist() == [5, 5, 5]
+    collect = collector("CartPole-v1", 60, seeds, num_envs=2, episodes=5, backend=backend,
+                        ready_fraction=ready_fraction)
+    for batch, episodes in collect_batches(collect, np.array([1, 0, 1])):
+        ready = batch.ready.numpy()
+        counts = np.bincount(episodes.seed_index, minlength=3)
+        assert counts.tolist() == (5 * ready).tolist()
+        assert collect.env_steps[1] == 0
+        assert batch.slots.tolist() == np.flatnonzero(ready).tolist()  # their rows only
+        for r, s in enumerate(np.flatnonzero(ready)):
+            lengths = sorted(len(slots) for slots in trajectories(batch, r).values())
+            recorded = sorted(episodes.episode_length[episodes.seed_index == s].tolist())
+            assert lengths == recorded  # every counted episode is whole and in the batch
+            # Trajectory ids run on over the sub-envs (sub-env 0 runs 3 episodes, sub-env 1 two).
+            assert sorted(trajectories(batch, r)) == [0, 1, 2, 3, 4] and batch.num_blocks == 1
+            # Counted transitions never exceed the seed's env steps (discarded ones are extra).
+            assert batch.valid[r].sum() <= collect.env_steps[s]
+    # The next batch of each seed starts every counted episode afresh.
+    collected = collect_batches(collect, np.ones(3, dtype=np.int64))
+    counts = sum(np.bincount(episodes.seed_index, minlength=3) for _, episodes in collected)
+    assert counts.tolist() == [5, 5, 5]
 
 
 @pytest.mark.parametrize("backend", ["gymnasium", "torch"])

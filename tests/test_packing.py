@@ -90,6 +90,31 @@ def test_a_grid_point_packed_with_others_gives_bitwise_the_rows_it_gives_alone(c
     pd.testing.assert_frame_equal(actual, expected, check_exact=True)
 
 
+@pytest.mark.parametrize("episodes, num_envs", [(1, 1), (3, 2)])
+def test_slots_whose_episode_lengths_differ_widely_give_the_rows_they_give_alone(
+        episodes, num_envs, tmp_path):
+    """Episode batches are handed out slot by slot as they complete (no lockstep): slots whose
+    batches take from about 10 to 500 steps (Adam at these rates takes some seeds to 500-step
+    CartPole episodes within 5000 steps, others not) update at their own pace, and every grid
+    point's rows are bitwise those it gives alone."""
+    shared = ["algo=reinforce", "optim=adam", "total_steps=5000",
+              f"algo.episodes_per_update={episodes}", f"algo.num_envs={num_envs}"]
+    grid = [["reduction=sum", "optim.lr=0.02", "seeds=[0,1]"],
+            ["reduction=mean", "optim.lr=0.003", "seeds=[2]"],
+            ["reduction=traj_mean", "optim.lr=0.01", "seeds=[1]"]]
+    points = [make_job(point_config(tmp_path / "packed", *shared, *o), o) for o in grid]
+    assert [o.status for o in train_pack(points)] == ["done"] * len(points)
+    for index, overrides in enumerate(grid):
+        alone_dir = tmp_path / f"alone-{index}"
+        alone = make_job(point_config(alone_dir, *shared, *overrides), overrides)
+        train_pack([alone])
+        pd.testing.assert_frame_equal(point_rows(tmp_path / "packed", alone.run_key),
+                                      point_rows(alone_dir, alone.run_key), check_exact=True)
+    frame = pd.read_parquet(tmp_path / "packed" / "default" / "data")
+    batch_steps = frame[frame.kind == "update"].batch_steps
+    assert batch_steps.max() >= 20 * batch_steps.min()
+
+
 def test_a_diverging_slot_is_frozen_without_touching_the_others(tmp_path):
     shared = ["env=pendulum", "optim=sgd", "total_steps=600", "algo.episodes_per_update=2"]
     point = ["optim.lr=0.001", "seeds=[0,1]"]

@@ -45,6 +45,8 @@ def hand_batch() -> Batch:
         trajectory=torch.tensor([[0, 0, 1, 1, 2, 2]]),
         last=last,
         num_blocks=1,
+        slots=torch.arange(1),
+        ready=torch.ones(1, dtype=torch.bool),
         **as_bool,
     )
 

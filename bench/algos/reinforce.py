@@ -11,9 +11,11 @@
         3. loss:        l_t = -log pi(a_t|s_t) A_t - c_H H[pi(.|s_t)] + c_V (V(s_t) - R_t)^2 / 2
         4. update:      one gradient step on sum_t w_t l_t, w from the configured reduction
 
-Slots (grid point, seed) are a batch axis: every tensor is ``[S, ...]`` and they update in
-lockstep, a slot that has its episodes waiting for the others. Learning rates, reductions and
-the scalar coefficients are per slot (`bench.slots`).
+Slots (grid point, seed) are a batch axis: every tensor is ``[S, ...]``. With whole episodes
+a slot updates as soon as its own batch is complete (`bench.rollout.EpisodeCollector` hands
+out the batches that are complete, and only those slots compute steps 2-4), so a slot's
+numbers are those it gets alone, however long the other slots' episodes are. Learning rates,
+reductions and the scalar coefficients are per slot (`bench.slots`).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from bench.advantages import (
 )
 from bench.envs import make_seed_envs
 from bench.loop import Bookkeeping, slot_optimizer, slot_reductions
-from bench.networks import Policy, ValueFunction
+from bench.networks import Policy, ValueFunction, only_slots
 from bench.progress import ProgressLine
 from bench.records import PackRecorder, approx_kl
 from bench.rollout import Batch, EpisodeCollector, StepCollector
@@ -135,10 +137,8 @@ def train(slots: Slots, recorder: PackRecorder, progress: ProgressLine) -> np.nd
         parameters += list(critic.parameters())
     optimizer = slot_optimizer(slots, parameters)
     reduction = slot_reductions(slots)
-    gamma = slots.tensor("algo.gamma")
-    loss_fn = partial(per_step_losses, policy=policy, critic=critic,
-                      entropy_coef=slots.tensor("algo.entropy_coef"),
-                      value_coef=slots.tensor("algo.value_coef"))
+    coefficients = {name: slots.tensor(f"algo.{name}")  # [S, 1] each
+                    for name in ("gamma", "entropy_coef", "value_coef")}
     noise = SeedNoise(seeds, device)
     if algo["batch_unit"] == "episodes":
         collector = EpisodeCollector(envs, policy, noise, algo["episodes_per_update"], device)
@@ -147,36 +147,46 @@ def train(slots: Slots, recorder: PackRecorder, progress: ProgressLine) -> np.nd
     books = Bookkeeping(slots, recorder, progress)
 
     while True:
-        acting = ~books.diverged & (collector.env_steps < total_steps)
+        # Slots that may start a batch; a slot with one in progress finishes it regardless.
+        starting = ~books.diverged & (collector.env_steps < total_steps)
+        acting = starting | collector.collecting
         if not acting.any():
             break
 
-        # 1. Rollout: whole episodes or a fixed number of steps per acting slot.
-        batch, finished = collector.collect(acting)
+        # 1. Rollout: whole episodes or a fixed number of steps per acting slot. An episode
+        # batch is that of the slots whose batch is complete (`batch.ready`): only they update.
+        batch, finished = collector.collect(starting)
         if algo["cut_episode"] == "drop":
             batch = drop_cut_segments(batch)
         books.episodes(finished)
 
-        # 2. Returns and advantages.
-        returns, advantages = returns_and_advantages(batch, critic, algo, gamma)
+        # 2-5 compute the batch's rows only, the slots `batch.slots`: their coefficients,
+        # reductions and networks.
+        rows = batch.slots
+        coef = {name: values[rows] for name, values in coefficients.items()}
+        reduction_of_rows = reduction.take(rows)
+        with only_slots(rows, policy, critic):
+            # 2. Returns and advantages.
+            returns, advantages = returns_and_advantages(batch, critic, algo, coef["gamma"])
 
-        # 3-4. Loss and update: the reduction is the one call that turns per-step losses
-        # into gradients (per_step slices the batch and loops).
-        optimizer.zero_grad()
-        weights = reductions.step_weights(reduction, batch.valid, batch.trajectory)
-        steps = {"obs": batch.obs, "actions": batch.actions, "advantages": advantages,
-                 "returns": returns}
-        loss, terms = reductions.backward(reduction, loss_fn, steps, weights)
-        stepped = torch.as_tensor(acting, device=device)
-        grad_norm, newly_diverged = optimizer.step(loss, skip=~stepped)
+            # 3-4. Loss and update: the reduction is the one call that turns per-step losses
+            # into gradients (per_step slices the batch and loops).
+            optimizer.zero_grad()
+            weights = reductions.step_weights(reduction_of_rows, batch.valid, batch.trajectory)
+            steps = {"obs": batch.obs, "actions": batch.actions, "advantages": advantages,
+                     "returns": returns}
+            loss_fn = partial(per_step_losses, policy=policy, critic=critic,
+                              entropy_coef=coef["entropy_coef"], value_coef=coef["value_coef"])
+            loss, terms = reductions.backward(reduction_of_rows, loss_fn, steps, weights)
+            grad_norm, newly_diverged = optimizer.step(loss, skip=~batch.ready, slots=rows)
 
-        # 5. Record: one row per acting slot, with the KL of the step on the batch.
-        with torch.no_grad():
-            new_log_probs = policy.distribution(batch.obs).log_prob(batch.actions)
+            # 5. Record: one row per slot that updated, with the KL of the step on the batch.
+            with torch.no_grad():
+                new_log_probs = policy.distribution(batch.obs).log_prob(batch.actions)
         books.update_rows.add(
-            stepped, loss, terms, batch.valid, batch.trajectory,
+            batch.ready, loss, terms, batch.valid, batch.trajectory,
             approx_kl(new_log_probs, batch.log_probs, batch.valid), grad_norm, newly_diverged,
-            optimizer.learning_rate, collector.env_steps, books.elapsed(),
+            optimizer.learning_rate, collector.env_steps, books.elapsed(), slots=rows,
         )
         books.end_of_collection(collector.env_steps, acting)
 
