@@ -2,8 +2,14 @@
 
 An experiment directory holds one parquet file per training job under ``data/`` (the contract is
 `bench.schema`). Each file is read and validated on its own, so that files with different swept
-columns unify instead of losing columns, and a corrupt, foreign or wrong-version file is skipped
-and reported (a `SkippedFileWarning` and an entry in `Dataset.skipped`) instead of being mixed in.
+columns unify instead of losing columns, and a corrupt, damaged (rows that do not match the
+content digest in its metadata), foreign or wrong-version file is skipped and reported (a
+`SkippedFileWarning` and an entry in `Dataset.skipped`) instead of being mixed in.
+
+A result is identified by (run key, seed): each pair is taken from exactly one file, the first
+in name order that holds it, and the pairs a later file repeats are left out of it (a
+`DuplicateSeedsWarning` and an entry in `Dataset.duplicates`; a file that holds nothing new is
+skipped). The trainer's resume (`bench.store.completed_seeds`) credits seeds by the same rule.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,12 +61,26 @@ class SkippedFileWarning(UserWarning):
     """A results file was left out of the dataset; the message names the file and the reason."""
 
 
+class DuplicateSeedsWarning(SkippedFileWarning):
+    """Some (run key, seed) pairs of a file were left out: an earlier file holds them."""
+
+
 @dataclass(frozen=True)
 class SkippedFile:
     """A file left out of the dataset and why."""
 
     path: Path
     reason: str
+
+
+@dataclass(frozen=True)
+class DuplicateSeeds:
+    """Seeds of one run that a file repeats: taken from ``loaded_from``, left out of ``path``."""
+
+    path: Path
+    run_key: str
+    seeds: list[int]
+    loaded_from: Path
 
 
 @dataclass(frozen=True)
@@ -89,7 +109,9 @@ class Dataset:
     - ``runs``: one row per file, with its metadata (``config``: the resolved config as a dict)
       and its identity and swept values;
     - ``swept_columns``: the union of the files' swept columns, in first-seen order;
-    - ``skipped``: the files left out and why.
+    - ``skipped``: the files left out and why;
+    - ``duplicates``: the seeds left out of files that repeat them (``runs`` lists, per file,
+      only the seeds taken from it).
     """
 
     experiment_dir: Path
@@ -98,6 +120,7 @@ class Dataset:
     runs: pd.DataFrame
     swept_columns: tuple[str, ...]
     skipped: list[SkippedFile]
+    duplicates: list[DuplicateSeeds] = field(default_factory=list)
 
 
 def data_dir(experiment_dir: Path | str) -> Path:
@@ -119,8 +142,10 @@ def read_result_file(path: Path) -> ResultFile:
     """Read one results file and check it against `bench.schema`.
 
     Raises `InvalidResultFile` with the reason when the file is not readable parquet, has no or
-    another schema version, has metadata that does not parse, or lacks a column of the schema or
-    one of its swept columns.
+    another schema version, has metadata that does not parse, lacks a column of the schema or
+    one of its swept columns, has rows that do not match its content digest (files written
+    before digests existed have none and are read as before), or rows of another run key or of
+    seeds its metadata does not list.
     """
     try:
         table = pq.read_table(path)
@@ -143,13 +168,30 @@ def read_result_file(path: Path) -> ResultFile:
     missing = [c for c in (*schema.COLUMNS, *swept_columns) if c not in table.column_names]
     if missing:
         raise InvalidResultFile(f"missing columns: {', '.join(missing)}")
+    digest = metadata.get(schema.CONTENT_DIGEST_KEY)
+    if digest is not None and schema.content_digest(table) != digest:
+        raise InvalidResultFile(
+            "content check failed: its rows do not match the content digest in its metadata "
+            "(damaged data pages)"
+        )
+    seeds = _json_metadata(metadata, schema.SEEDS_KEY, default=None)
+    run_key = metadata.get(schema.RUN_KEY_KEY)
+    row_keys = set(pc.unique(table["run_key"]).to_pylist())
+    if run_key is not None and row_keys - {run_key}:
+        raise InvalidResultFile(
+            f"rows of run {sorted(map(str, row_keys - {run_key}))} in a file of run {run_key}"
+        )
+    if seeds is not None:
+        extra = set(pc.unique(table["seed"]).to_pylist()) - set(seeds)
+        if extra:
+            raise InvalidResultFile(f"rows of seeds {sorted(extra)} its metadata does not list")
     return ResultFile(
         path=path,
         table=table,
         metadata=metadata,
         config=_yaml_config(metadata),
         swept_columns=swept_columns,
-        seeds=_json_metadata(metadata, schema.SEEDS_KEY, default=[]),
+        seeds=seeds if seeds is not None else sorted(pc.unique(table["seed"]).to_pylist()),
         diverged_seeds=_json_metadata(metadata, schema.DIVERGED_SEEDS_KEY, default=[]),
         versions=_json_metadata(metadata, schema.VERSIONS_KEY, default={}),
         overrides=_json_metadata(metadata, schema.OVERRIDES_KEY, default=[]),
@@ -159,12 +201,14 @@ def read_result_file(path: Path) -> ResultFile:
 def load_dataset(experiment_dir: Path | str) -> Dataset:
     """Load every results file of ``<experiment_dir>/data`` into one `Dataset`.
 
-    Invalid files are skipped with a `SkippedFileWarning` and listed in `Dataset.skipped`; so is
-    a file whose (run_key, seed) pairs were already loaded from an earlier file (by name order),
-    which would otherwise count those seeds twice. A swept column that a file lacks is filled
-    from that file's resolved config where the dotted path exists there, and is missing (NaN)
-    otherwise. Raises `DatasetError` naming the path when the experiment or its data directory
-    does not exist, or holds no results file, or no valid one.
+    Invalid files are skipped with a `SkippedFileWarning` and listed in `Dataset.skipped`. Each
+    (run_key, seed) is taken from the first file (by name order) that holds it: a later file's
+    rows of that pair are left out (a `DuplicateSeedsWarning` and an entry in
+    `Dataset.duplicates`), and a file that holds no new pair is skipped, so no seed is counted
+    twice and none is lost. A swept column that a file lacks is filled from that file's
+    resolved config where the dotted path exists there, and is missing (NaN) otherwise. Raises
+    `DatasetError` naming the path when the experiment or its data directory does not exist, or
+    holds no results file, or no valid one.
     """
     if not Path(experiment_dir).is_dir():
         raise DatasetError(f"experiment directory not found: {experiment_dir}")
@@ -177,15 +221,26 @@ def load_dataset(experiment_dir: Path | str) -> Dataset:
 
     files: list[ResultFile] = []
     skipped: list[SkippedFile] = []
+    duplicates: list[DuplicateSeeds] = []
     loaded_seeds: dict[tuple[str, int], Path] = {}
     for path in paths:
         try:
             result = read_result_file(path)
-            _claim_seeds(result, loaded_seeds)
+            result, repeated = _claim_seeds(result, loaded_seeds)
         except InvalidResultFile as error:
             skipped.append(SkippedFile(path=path, reason=str(error)))
             warnings.warn(f"skipping {path}: {error}", SkippedFileWarning, stacklevel=2)
             continue
+        for duplicate in repeated:
+            duplicates.append(duplicate)
+            warnings.warn(
+                f"{path}: run {duplicate.run_key} seeds "
+                f"{', '.join(map(str, duplicate.seeds))} left out, already loaded from "
+                f"{duplicate.loaded_from.name}; seeds {', '.join(map(str, result.seeds))} "
+                "taken from it",
+                DuplicateSeedsWarning,
+                stacklevel=2,
+            )
         files.append(result)
     if not files:
         reasons = "; ".join(f"{s.path.name}: {s.reason}" for s in skipped)
@@ -206,6 +261,7 @@ def load_dataset(experiment_dir: Path | str) -> Dataset:
         runs=runs,
         swept_columns=swept_columns,
         skipped=skipped,
+        duplicates=duplicates,
     )
 
 
@@ -249,22 +305,49 @@ def _yaml_config(metadata: dict[str, str]) -> dict[str, Any]:
 
 
 def _file_seed_keys(result: ResultFile) -> set[tuple[str, int]]:
-    """The (run_key, seed) pairs present in the file's rows."""
+    """The (run_key, seed) pairs the file holds: its metadata's run key and seeds (those of its
+    rows for a file without them)."""
+    run_key = result.metadata.get(schema.RUN_KEY_KEY)
+    if run_key is not None:
+        return {(run_key, int(seed)) for seed in result.seeds}
     pairs = result.table.select(["run_key", "seed"]).group_by(["run_key", "seed"]).aggregate([])
     return set(zip(pairs["run_key"].to_pylist(), pairs["seed"].to_pylist(), strict=True))
 
 
-def _claim_seeds(result: ResultFile, loaded_seeds: dict[tuple[str, int], Path]) -> None:
-    """Record the file's (run_key, seed) pairs; a pair already loaded makes the file invalid."""
+def _claim_seeds(
+    result: ResultFile, loaded_seeds: dict[tuple[str, int], Path]
+) -> tuple[ResultFile, list[DuplicateSeeds]]:
+    """Record the file's new (run_key, seed) pairs and return the file restricted to them, with
+    the pairs it repeats per run; a file with no new pair is invalid."""
     pairs = _file_seed_keys(result)
-    duplicates = sorted(pairs & loaded_seeds.keys())
-    if duplicates:
-        first = loaded_seeds[duplicates[0]]
-        seeds = ", ".join(str(seed) for _, seed in duplicates)
+    repeated = sorted(pairs & loaded_seeds.keys())
+    new = pairs - loaded_seeds.keys()
+    if repeated and not new:
+        first = loaded_seeds[repeated[0]]
+        seeds = ", ".join(str(seed) for _, seed in repeated)
         raise InvalidResultFile(
-            f"run {duplicates[0][0]} seeds {seeds} were already loaded from {first.name}"
+            f"run {repeated[0][0]} seeds {seeds} were already loaded from {first.name}"
         )
-    loaded_seeds.update(dict.fromkeys(pairs, result.path))
+    loaded_seeds.update(dict.fromkeys(new, result.path))
+    if not repeated:
+        return result, []
+    by_source: dict[tuple[str, Path], list[int]] = {}
+    for run_key, seed in repeated:
+        by_source.setdefault((run_key, loaded_seeds[(run_key, seed)]), []).append(seed)
+    duplicates = [
+        DuplicateSeeds(path=result.path, run_key=run_key, seeds=seeds, loaded_from=source)
+        for (run_key, source), seeds in by_source.items()
+    ]
+    keep = pa.array(sorted({seed for _, seed in new}), type=pa.int64())
+    table = result.table.filter(pc.is_in(result.table["seed"], value_set=keep))
+    kept = set(keep.to_pylist())
+    restricted = replace(
+        result,
+        table=table,
+        seeds=[seed for seed in result.seeds if seed in kept],
+        diverged_seeds=[seed for seed in result.diverged_seeds if seed in kept],
+    )
+    return restricted, duplicates
 
 
 def _rows_of_kind(

@@ -10,10 +10,15 @@ whole experiment; columns that do not apply to a row's kind are null.
 Besides the fixed columns below, a file has one column per swept config value (every Hydra
 override of the job other than group choices, seeds and output settings), named by its dotted
 config path (e.g. ``algo.gamma``); their names are listed in the file metadata under
-``SWEPT_COLUMNS_KEY``. This module imports nothing heavy, so `analysis` may import it.
+``SWEPT_COLUMNS_KEY``. This module imports nothing heavy at import time (`content_digest`
+imports pyarrow when called), so `analysis` may import it.
 """
 
 from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
 
 SCHEMA_VERSION = 1
 
@@ -48,6 +53,11 @@ HOST_KEY = META_PREFIX + "host"
 STARTED_AT_KEY = META_PREFIX + "started_at"  # ISO 8601, UTC
 FINISHED_AT_KEY = META_PREFIX + "finished_at"
 DIVERGED_SEEDS_KEY = META_PREFIX + "diverged_seeds"  # JSON list
+# SHA-256 of the file's rows (`content_digest`), checked by resume (`bench.store`) and by
+# `analysis.load`: a file whose data pages were damaged while its footer (where this key lives)
+# is intact is then retrained and reported instead of being taken as complete. Files written
+# before it existed have no such key and are trusted as long as their rows decode.
+CONTENT_DIGEST_KEY = META_PREFIX + "content_sha256"
 
 # Columns identifying a run, present on every row. A "cell" (one configuration, all its
 # seeds) is algo, env, reduction, optim, lr plus the swept columns.
@@ -107,3 +117,38 @@ COLUMNS: dict[str, str] = {
 
 # Columns whose values depend on wall-clock time, not on (config, seeds, device).
 NONDETERMINISTIC_COLUMNS = ("wall_time",)
+
+
+def content_digest(table: Any) -> str:
+    """SHA-256 (hex) of a pyarrow table's rows: column names and types, then per column its
+    null mask and its values (nulls as zero / empty), independent of chunking and of how
+    parquet encoded the pages, so the writer's table and the table read back from the file give
+    the same digest. pyarrow is imported here, not at module level (see the docstring)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    digest = hashlib.sha256(f"rows={table.num_rows}".encode())
+    for field in table.schema:
+        digest.update(f"|{field.name}:{field.type}|".encode())
+        column = table[field.name]
+        array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+        if pa.types.is_null(array.type):
+            continue
+        mask = array.is_null().to_numpy(zero_copy_only=False)
+        digest.update(np.packbits(mask).tobytes())
+        if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
+            encoded = pc.fill_null(array, "").dictionary_encode()
+            words = encoded.dictionary.to_pylist()
+            digest.update(json.dumps(words).encode())
+            values = encoded.indices.to_numpy(zero_copy_only=False).astype("<i8")
+        elif pa.types.is_boolean(array.type):
+            values = pc.fill_null(array, False).to_numpy(zero_copy_only=False).astype("u1")
+        elif pa.types.is_integer(array.type) or pa.types.is_floating(array.type):
+            values = pc.fill_null(array, 0).to_numpy(zero_copy_only=False)
+            values = values.astype(values.dtype.newbyteorder("<"))
+        else:  # not a type of this schema; compare its Python values
+            digest.update(json.dumps(array.to_pylist(), default=str).encode())
+            continue
+        digest.update(np.ascontiguousarray(values).tobytes())
+    return digest.hexdigest()

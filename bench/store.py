@@ -3,12 +3,22 @@
 Layout: ``<results_dir>/<name>/data/<run_key>-<seed_tag>.parquet``. The run key hashes the
 resolved config without seeds and output settings, so every seed of a configuration shares
 it; the seed tag hashes the file's seed list. Files are written to a dot-prefixed temporary
-name (which parquet readers ignore) and renamed into place, so a file that exists is complete.
+name (which parquet readers ignore), read back and checked against the content digest stored
+in their metadata, and renamed into place, so a file that exists was complete when written.
 Columns are fixed by `bench.schema`.
+
+Result identity is (run key, seed): a seed of a run is complete when some intact file of that
+run key lists it (`completed_seeds`; intact: its rows decode and match its content digest),
+and resume trains only the seeds no intact file has. `RunLock` makes "which seeds are missing,
+train them, write them" one step per run key, so two processes given the same run never train
+the same seed twice; the reader (`analysis.load`) takes each (run key, seed) from exactly one
+file, the first in name order that holds it.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -72,30 +82,148 @@ def result_path(results_dir: str | Path, name: str, key: str, seeds: Sequence[in
     return data_dir(results_dir, name) / f"{key}-{seed_tag(seeds)}.parquet"
 
 
+class ResultsDirError(OSError):
+    """Results cannot be written where the config puts them; the message names the directory
+    and the reason, in one line."""
+
+
 def ensure_writable(directory: Path) -> None:
     """Create `directory` if needed and check that files can be written there, before any
-    training (OSError naming the directory otherwise)."""
-    directory.mkdir(parents=True, exist_ok=True)
+    training (`ResultsDirError` naming the directory otherwise)."""
     probe = directory / f".write-test-{os.getpid()}"
     try:
-        probe.write_bytes(b"")
-    finally:
-        probe.unlink(missing_ok=True)
+        directory.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb"):
+            pass
+        probe.unlink()
+    except OSError as error:
+        reason = error.strerror or str(error)
+        culprit = str(error.filename) if error.filename else None
+        where = f" ({culprit})" if culprit not in (None, str(probe), str(directory)) else ""
+        raise ResultsDirError(f"cannot write results to {directory}: {reason}{where}") from None
+
+
+def check_writable(directory: Path) -> None:
+    """`ensure_writable` without creating anything (for checks before a job is accepted): the
+    directory, or where it does not exist yet its nearest existing parent, must be a directory
+    in which a file can be written."""
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    where = f" ({existing})" if existing != directory else ""
+    if not existing.is_dir():
+        raise ResultsDirError(f"cannot write results to {directory}: Not a directory{where}")
+    probe = existing / f".write-test-{os.getpid()}"
+    try:
+        with open(probe, "wb"):
+            pass
+        probe.unlink()
+    except OSError as error:
+        raise ResultsDirError(f"cannot write results to {directory}: "
+                              f"{error.strerror or error}{where}") from None
+
+
+class ResultFileError(ValueError):
+    """A result file is not a complete, intact result (the message says why, in one line)."""
+
+
+def first_line(text: object) -> str:
+    return str(text).strip().partition("\n")[0]
+
+
+def check_content(table: pa.Table, file_metadata: Mapping[bytes, bytes]) -> None:
+    """`ResultFileError` unless the rows match the file's content digest (a file without one,
+    written before digests existed, passes: it is trusted as long as its rows decode)."""
+    stored = file_metadata.get(schema.CONTENT_DIGEST_KEY.encode())
+    if stored is not None and schema.content_digest(table) != stored.decode():
+        raise ResultFileError("its rows do not match the content digest in its metadata "
+                              "(damaged data pages)")
+
+
+def read_result(path: Path) -> tuple[pa.Table, dict[bytes, bytes]]:
+    """The rows and metadata of a result file whose rows decode and match its content digest
+    (`ResultFileError` otherwise)."""
+    try:
+        table = pq.read_table(path)
+    except Exception as error:  # noqa: BLE001 - whatever pyarrow raises, the file is unreadable
+        raise ResultFileError(f"unreadable ({first_line(error)})") from None
+    file_metadata = dict(table.schema.metadata or {})
+    check_content(table, file_metadata)
+    return table, file_metadata
 
 
 def completed_seeds(results_dir: str | Path, name: str, key: str) -> dict[int, Path]:
-    """Seeds of run `key` that already have a complete result file, with that file."""
+    """Seeds of run `key` that already have an intact result file, with that file: the first
+    in name order that lists the seed (the rule `analysis.load` applies). A file that does not
+    decode, does not match its content digest or belongs to another run is not counted (a
+    warning says why), so its seeds are trained again; retrained with the same seed list, the
+    new file replaces it."""
     done: dict[int, Path] = {}
     for path in sorted(data_dir(results_dir, name).glob(f"{key}-*.parquet")):
         try:
-            file_metadata = pq.read_schema(path).metadata or {}
+            _, file_metadata = read_result(path)
+            own_key = file_metadata.get(schema.RUN_KEY_KEY.encode(), b"").decode()
+            if own_key != key:
+                raise ResultFileError(f"its metadata names run {own_key or 'none'!r}")
             seeds = json.loads(file_metadata[schema.SEEDS_KEY.encode()])
-        except Exception as error:  # noqa: BLE001 - any unreadable file is simply not complete
-            print(f"warning: ignoring unreadable result file {path}: {error}", file=sys.stderr)
+        except (ResultFileError, KeyError, ValueError) as error:
+            print(f"warning: {path} is not counted as complete: {error}", file=sys.stderr)
             continue
         for seed in seeds:
             done.setdefault(int(seed), path)
     return done
+
+
+LOCKS_DIRNAME = ".locks"
+# flock errors of file systems that have no locks.
+NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
+
+
+class RunLock:
+    """An exclusive lock on one run key of one data directory, ``data/.locks/<key>.lock``,
+    held with flock(2) on an open file: the kernel releases it when the holder exits, however
+    it ends (kill -9 included), so a lock is never stale and a later process never waits for a
+    dead one. While held, the file says who holds it (pid, host, since when) for the message of
+    a process that waits. Lock files stay (removing one races with a process opening it); they
+    are dot-files, which parquet readers ignore. flock works across the nodes of a cluster on
+    NFS (Linux emulates it with NFS byte-range locks), as on one machine."""
+
+    def __init__(self, directory: Path, key: str) -> None:
+        self.path = directory / LOCKS_DIRNAME / f"{key}.lock"
+        self.fd: int | None = None
+
+    def acquire(self, *, blocking: bool) -> bool:
+        """Take the lock (waiting for it when `blocking`); False if another process holds it."""
+        assert self.fd is None, "lock already held"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except OSError as error:
+            os.close(fd)
+            if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                return False
+            if error.errno in NO_LOCKS:  # a file system without locks: go on as before locks
+                print(f"warning: cannot lock {self.path} ({error.strerror}); two processes "
+                      "given this run at once would both train it", file=sys.stderr)
+                return True
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {utc_now()}\n".encode())
+        self.fd = fd
+        return True
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the last descriptor releases the flock
+            self.fd = None
+
+    def holder(self) -> str:
+        """Who holds the lock, as its holder wrote it ('pid 12 on host since <time>')."""
+        try:
+            return self.path.read_text().strip() or "another process"
+        except OSError:
+            return "another process"
 
 
 def git_commit() -> str:
@@ -204,16 +332,22 @@ def temporary_path(path: Path) -> Path:
 
 
 def write_atomically(table: pa.Table, path: Path, file_metadata: Mapping[str, str]) -> None:
-    """Write `table` with `file_metadata` to `path` via a temporary file and a rename."""
+    """Write `table` with `file_metadata` and the rows' content digest to `path` via a
+    temporary file, which is read back and checked against the digest before the rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     existing = table.schema.metadata or {}
-    merged = {**existing, **{k.encode(): v.encode() for k, v in file_metadata.items()}}
+    merged = {**existing, **{k.encode(): v.encode() for k, v in file_metadata.items()},
+              schema.CONTENT_DIGEST_KEY.encode(): schema.content_digest(table).encode()}
     table = table.replace_schema_metadata(merged)
     temporary = temporary_path(path)
     try:
         pq.write_table(table, temporary)
         with open(temporary, "rb") as handle:
             os.fsync(handle.fileno())
+        try:
+            read_result(temporary)
+        except ResultFileError as error:
+            raise OSError(f"{temporary} does not read back as written: {error}") from None
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)

@@ -16,7 +16,8 @@ conf/config.yaml) then does the sweep's bookkeeping:
 
 - `on_multirun_start` (main process): removes stale temporary result files and writes
   `<sweep dir>/sweep.json` with the number of grid points of the sweep (the packing sweeper
-  adds the number of jobs and seeds once it has formed its packs);
+  writes it itself, with the number of jobs and seeds, once every grid point has composed and
+  its packs are formed: a sweep it refuses creates no directory);
 - `on_job_start` / `on_job_end` (in the process that runs the job: the main process, a joblib
   worker or a submitit job): a progress line each, and the job's outcome as `outcome.json` in
   its Hydra output directory, so outcomes reach the main process through the file system
@@ -251,6 +252,25 @@ def first_line(text: str | None) -> str:
     return (text or "").partition("\n")[0]
 
 
+def one_line(error: BaseException) -> str:
+    """A Hydra or OmegaConf error message as one line: the lists Hydra prints one item a line
+    become comma-separated, the config search path and documentation links are left out."""
+    lines: list[str] = []
+    for raw in str(error).splitlines():
+        line = raw.strip()
+        if line.startswith("Config search path") or line.startswith("provider="):
+            break
+        if not line or line.startswith("See https://hydra.cc"):
+            continue
+        if raw.startswith("\t") and lines and lines[-1].endswith(":"):
+            lines[-1] += " " + line
+        elif raw.startswith("\t") and lines:
+            lines[-1] += ", " + line
+        else:
+            lines.append(line)
+    return "; ".join(lines).replace(".; ", "; ") or type(error).__name__
+
+
 def count_of(number: int, noun: str, plural: str | None = None) -> str:
     """'1 job', '3 jobs'; '1 process', '2 processes' (with `plural`)."""
     return f"{number} {noun if number == 1 else plural or noun + 's'}"
@@ -328,10 +348,13 @@ class SweepCallback(Callback):
         self.remove_stale_temporaries(config)
         sweep_dir = Path(config.hydra.sweep.dir)
         points = planned_points(config)
-        write_json(sweep_dir / MANIFEST_FILE,
-                   {"name": config.name, "points": points, "started": time.time()})
-        say(f"{config.name}: {points if points is not None else 'an unknown number of'} "
-            f"grid points; Hydra output in {sweep_dir}")
+        if config.hydra.sweeper.get("_target_") != PACKING_SWEEPER:
+            # (The packing sweeper writes it, and says where, once every grid point has
+            # composed, so that a sweep it refuses leaves no Hydra directory behind.)
+            write_json(sweep_dir / MANIFEST_FILE,
+                       {"name": config.name, "points": points, "started": time.time()})
+            say(f"{config.name}: {points if points is not None else 'an unknown number of'} "
+                f"grid points; Hydra output in {sweep_dir}")
         if config.hydra.launcher.get("_target_") in DETACHED_LAUNCHERS:
             self.watcher = FinishedJobsWatcher(sweep_dir, points, WATCH_INTERVAL_S)
             self.watcher.start()

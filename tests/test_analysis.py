@@ -18,7 +18,13 @@ import scipy.stats
 import yaml
 
 from analysis import intervals, metrics
-from analysis.load import DatasetError, SkippedFileWarning, cell_columns, load_dataset
+from analysis.load import (
+    DatasetError,
+    DuplicateSeedsWarning,
+    SkippedFileWarning,
+    cell_columns,
+    load_dataset,
+)
 from bench import schema
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -208,6 +214,42 @@ def test_invalid_files_are_skipped_and_reported(tmp_path: Path) -> None:
     messages = [str(warning.message) for warning in caught]
     assert all(any(str(path) in message for message in messages) for path in reasons)
     assert dataset.episodes["episode_return"].tolist() == [1.0]
+    assert dataset.runs["path"].tolist() == [str(good)]
+
+
+def test_each_run_and_seed_is_taken_from_one_file(tmp_path: Path) -> None:
+    """Overlapping seed sets ([0, 1] and [0, 1, 9] of one run): seeds 0 and 1 come from the
+    first file by name, 9 from the second, and the repeated seeds are reported."""
+    data = tmp_path / "data"
+    first = write_result_file(data, "run", [0, 1], [(0, 10, 1.0), (1, 10, 2.0)])
+    second = write_result_file(data, "run", [0, 1, 9], [(0, 10, 7.0), (1, 10, 8.0), (9, 10, 9.0)],
+                               diverged_seeds=(1, 9))
+    with pytest.warns(DuplicateSeedsWarning, match="seeds 0, 1 left out, already loaded from"):
+        dataset = load_dataset(tmp_path)
+    episodes = dataset.episodes.sort_values("seed")
+    assert episodes[["seed", "episode_return"]].values.tolist() == [[0, 1.0], [1, 2.0], [9, 9.0]]
+    assert dataset.updates.groupby("seed").size().to_dict() == {0: 2, 1: 2, 9: 2}
+    assert dataset.runs["seeds"].tolist() == [[0, 1], [9]]
+    assert dataset.runs["diverged_seeds"].tolist() == [[], [9]]
+    (duplicate,) = dataset.duplicates
+    assert (duplicate.path, duplicate.loaded_from, duplicate.seeds) == (second, first, [0, 1])
+    assert dataset.skipped == []
+
+
+def test_a_file_whose_rows_do_not_match_its_digest_is_skipped(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    good = write_result_file(data, "good", [0], [(0, 10, 1.0)])
+    damaged = write_result_file(data, "damaged", [0], [(0, 10, 5.0)])
+    table = pq.read_table(damaged)
+    metadata = {**table.schema.metadata, schema.CONTENT_DIGEST_KEY.encode(): b"0" * 64}
+    pq.write_table(table.replace_schema_metadata(metadata), damaged)
+    intact = pq.read_table(good)
+    metadata = {**intact.schema.metadata,
+                schema.CONTENT_DIGEST_KEY.encode(): schema.content_digest(intact).encode()}
+    pq.write_table(intact.replace_schema_metadata(metadata), good)
+    with pytest.warns(SkippedFileWarning, match="content check failed"):
+        dataset = load_dataset(tmp_path)
+    assert [s.path for s in dataset.skipped] == [damaged]
     assert dataset.runs["path"].tolist() == [str(good)]
 
 

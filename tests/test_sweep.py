@@ -105,51 +105,58 @@ def test_killed_sweep_resumes_with_exactly_the_missing_jobs(tmp_path):
 
 
 def test_a_failing_job_is_recorded_and_the_others_go_on(tmp_path):
-    """A bad config value (ConfigError) and a runtime error (unknown gymnasium id) fail their
-    jobs only: the job after them completes, each failure is recorded with its overrides,
-    run key and traceback, and the sweep ends with a summary and exit status 1."""
+    """Bad config values (ConfigError: refused before the run key exists) and a results
+    directory that cannot be written (found before any training, once the run key exists)
+    fail their grid points only: the grid point packed with them trains, each failure is
+    recorded in its experiment with its overrides, run key and traceback, and the sweep ends
+    with a summary and exit status 1."""
+    blocker = tmp_path / "blocked" / "data"
+    blocker.parent.mkdir()
+    blocker.write_text("a file where the data directory should be")
     result = multirun(f"results_dir={tmp_path}", "hydra/launcher=basic",
-                      "algo.gamma=7,0.99", "env.id=Nope-v0,CartPole-v1", "env.backend=gymnasium",
-                      *TINY)
+                      "algo.gamma=7,0.99", "name=ok,blocked", *TINY)
     assert result.returncode == 1, result.stderr[-3000:]
     assert summary_counts(result.stderr) == (4, 4, 1, 0, 3)
-    assert len(data_files(tmp_path / "default")) == 1
-    records = [json.loads(p.read_text())
-               for p in sorted((tmp_path / "default" / "failures").glob("*.json"))]
-    assert len(records) == 3
-    by_error = {record["error_type"]: record for record in records}
-    assert set(by_error) == {"ConfigError", "NameNotFound"}
-    runtime = by_error["NameNotFound"]
-    assert {"algo.gamma=0.99", "env.id=Nope-v0"} <= set(runtime["overrides"])
-    assert runtime["run_key"] and "gymnasium" in runtime["traceback"]
-    assert "-m bench.run" in runtime["rerun"] and "env.id=Nope-v0" in runtime["rerun"]
-    assert all(r["run_key"] is None for r in records if r["error_type"] == "ConfigError")
-    assert "error: grid point algo.gamma=7 env.id=Nope-v0" in result.stderr
-    assert "[sweep] FAILED grid point 3 algo.gamma=0.99 env.id=Nope-v0" in result.stderr
-    # The last job (env.id=CartPole-v1), its bad grid point failed and its other one trained.
-    assert re.search(r"\[sweep\] job 2/2 FAILED in \S+ \(1 done, 1 failed\)", result.stderr)
-    assert "algo.gamma must be in [0, 1], got 7" in result.stderr
+    assert len(data_files(tmp_path / "ok")) == 1
+    records = {path.parent.parent.name + "/" + record["error_type"]: record
+               for path in sorted(tmp_path.glob("*/failures/*.json"))
+               for record in [json.loads(path.read_text())]}
+    assert sorted(records) == ["blocked/ConfigError", "blocked/ResultsDirError",
+                               "ok/ConfigError"]
+    late = records["blocked/ResultsDirError"]
+    assert {"algo.gamma=0.99", "name=blocked"} <= set(late["overrides"])
+    assert late["run_key"] and "ensure_writable" in late["traceback"]
+    assert "-m bench.run" in late["rerun"] and "name=blocked" in late["rerun"]
+    assert f"cannot write results to {blocker}" in late["error"]
+    assert all(records[k]["run_key"] is None for k in records if k.endswith("ConfigError"))
+    assert re.search(r"^error: grid point algo.gamma=7 .*failed: ConfigError", result.stderr,
+                     re.MULTILINE)
+    assert "[sweep] FAILED grid point 4 algo.gamma=0.99 " in result.stderr
+    # One job (the packing sweeper packed all four): one trained, three failed.
+    assert re.search(r"\[sweep\] job 1/1 FAILED in \S+ \(1 done, 3 failed\)", result.stderr)
+    assert "algo.gamma must be a finite number in [0, 1], got 7" in result.stderr
     (summary,) = (tmp_path / "default" / "hydra").glob(f"*/{sweep.SUMMARY_FILE}")
     assert json.loads(summary.read_text())["counts"] == {
         "done": 1, "skipped": 0, "failed": 3, "without_outcome": 0}
 
 
 def test_a_failure_record_goes_when_its_rerun_command_succeeds(tmp_path):
-    """A job that fails late (its results directory cannot be created) is recorded; once the
-    cause is gone, the record's `rerun` command (a single run) succeeds and removes it."""
-    blocker = tmp_path / "default" / "data"
+    """A grid point that fails once its run key exists (its results directory cannot be
+    created) is recorded; once the cause is gone, the record's `rerun` command (a single run)
+    succeeds and removes it."""
+    blocker = tmp_path / "blocked" / "data"
     blocker.parent.mkdir()
     blocker.write_text("a file where the data directory should be")
-    result = multirun(f"results_dir={tmp_path}", *TINY)
-    assert result.returncode == 1 and summary_counts(result.stderr)[2:] == (0, 0, 1)
-    (path,) = (tmp_path / "default" / "failures").glob("*.json")
+    result = multirun(f"results_dir={tmp_path}", "name=ok,blocked", *TINY)
+    assert result.returncode == 1 and summary_counts(result.stderr)[2:] == (1, 0, 1)
+    (path,) = (tmp_path / "blocked" / "failures").glob("*.json")
     record = json.loads(path.read_text())
-    assert record["run_key"] and record["error_type"] in ("FileExistsError", "NotADirectoryError")
+    assert record["run_key"] and record["error_type"] == "ResultsDirError"
     blocker.unlink()
     rerun = subprocess.run(record["rerun"], shell=True, cwd=REPO, capture_output=True,
                            text=True, timeout=120)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert len(data_files(tmp_path / "default")) == 1 and not path.exists()
+    assert len(data_files(tmp_path / "blocked")) == 1 and not path.exists()
 
 
 def test_diverged_seeds_are_in_the_summary(tmp_path):
@@ -322,7 +329,6 @@ def test_single_run_config_error_still_exits_2_without_writing(tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1] == "error: algo.gamma must be in [0, 1], got 7"
-    assert not (tmp_path / "default" / "data").exists()
-    assert not (tmp_path / "default" / "failures").exists()
-
+    assert result.stderr.strip().splitlines() == [
+        "error: algo.gamma must be a finite number in [0, 1], got 7"]
+    assert list(tmp_path.iterdir()) == []  # no Hydra directory, no data, no failure record

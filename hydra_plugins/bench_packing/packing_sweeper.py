@@ -4,6 +4,8 @@ sweepers only from the `hydra_plugins` package. What it plans is in `bench.packi
 # No `from __future__ import annotations`: Hydra executes plugin modules outside sys.modules,
 # where a dataclass cannot resolve string annotations.
 
+import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +14,9 @@ from typing import Any, Dict, Optional  # noqa: UP035 - OmegaConf reads these hi
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
 from bench import sweep
 from bench.packing import (
@@ -61,14 +65,24 @@ class PackingSweeper(BasicSweeper):
 
     def sweep(self, arguments: list[str]) -> Any:
         assert self.config is not None and self.launcher is not None
+        started = time.time()
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         overrides = parser.parse_overrides([*self._parse_config(), *arguments])
         (grid,) = self.split_arguments(overrides, None)
+        configs = []
+        for number, point in enumerate(grid, start=1):
+            try:
+                configs.append(self.point_config(point))
+            except (HydraException, OmegaConfBaseException) as error:
+                # Nothing has been written yet: refuse the sweep in one line, as `bench.run`
+                # refuses a command line it cannot compose.
+                print(f"error: grid point {number} ({sweep.job_label(point)}): "
+                      f"{sweep.one_line(error)}", file=sys.stderr, flush=True)
+                sys.exit(2)
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
 
-        configs = [self.point_config(point) for point in grid]
         max_slots = self.max_slots or default_max_slots(configs[0])
         packs = longest_first(plan_packs(configs, max_slots), configs)
         jobs = []
@@ -77,14 +91,13 @@ class PackingSweeper(BasicSweeper):
                        "seeds": seed_list(configs[i]["seeds"])} for i in pack]
             sweep.write_json(sweep_dir / sweep.PACKS_DIR / f"{number}.json", points)
             jobs.append([*shared_overrides([grid[i] for i in pack]), f"pack={number}"])
-        manifest = sweep.read_manifest(self.config)
         seeds = sum(seed_count(config["seeds"]) for config in configs)
         sweep.write_json(sweep_dir / sweep.MANIFEST_FILE, {
-            **manifest, "points": len(grid), "jobs": len(jobs), "seeds": seeds,
-            "max_slots": max_slots})
-        sweep.say(f"{len(grid)} grid points ({seeds} seeds) packed into "
-                  f"{sweep.count_of(len(jobs), 'job')} of at "
-                  f"most {max_slots} slots")
+            "name": self.config.name, "points": len(grid), "started": started,
+            "jobs": len(jobs), "seeds": seeds, "max_slots": max_slots})
+        sweep.say(f"{self.config.name}: {len(grid)} grid points ({seeds} seeds) packed into "
+                  f"{sweep.count_of(len(jobs), 'job')} of at most {max_slots} slots; Hydra "
+                  f"output in {sweep_dir}")
 
         returns = []
         batch_size = self.max_batch_size or len(jobs)
