@@ -3,13 +3,15 @@ synthetic experiment whose truth is known."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from test_analysis import run_report, write_result_file
+from test_analysis import REPO_ROOT, run_report, write_result_file
 
 from analysis import claims
 
@@ -113,3 +115,18 @@ def test_report_leads_with_the_claims_verdicts(tmp_path: Path) -> None:
     assert {"p_rank_holm", "mde_poi", "prob_improvement", "poi_ci_low", "verdict"} <= set(
         detail.columns
     )
+
+    # The compact evidence of the study: what it holds and where it came from.
+    evidence = tmp_path / "evidence"
+    exported = subprocess.run(
+        [sys.executable, "-m", "analysis.evidence", str(experiment), str(evidence),
+         "--command", "make sweep EXP=seed_claims_003"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert exported.returncode == 0, exported.stderr
+    assert pd.read_csv(evidence / "claims.csv").equals(verdicts)
+    curves = pd.read_csv(evidence / "curves.csv")
+    assert len(curves) == len(pd.read_csv(report / "per_seed_metrics.csv")) * 20
+    readme = (evidence / "README.md").read_text()
+    assert "make sweep EXP=seed_claims_003" in readme and "abc1234" in readme
+    assert (evidence / "claim-sum_or_loop_never_mean.png").is_file()

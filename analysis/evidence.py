@@ -1,0 +1,133 @@
+"""Compact, committable evidence of a study: ``python -m analysis.evidence results/<name> DEST``.
+
+From an experiment's data and its written report (``make report`` first), writes to ``DEST``
+(a few MB, small enough for git):
+
+- ``per_seed_metrics.csv`` and ``summary.csv`` (the report's, every cell and seed);
+- ``curves.csv``: every seed's return curve down-sampled to `CURVE_POINTS` grid points (the
+  report's rule, `analysis.metrics.returns_on_grid`), long format;
+- the claims: ``claims.csv`` (the verdict table), ``claim-<id>.csv`` (every comparison) and
+  ``claim-<id>.png``; the report's ``index.md`` as ``report.md`` and its PNG figures;
+- ``README.md``: what made it: the command line, the git commits, devices and hosts recorded
+  in the result files, the number of files, cells and seeds, and the time span of the runs.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis import metrics
+from analysis.cells import run_total_steps
+from analysis.cli import ArgumentParser
+from analysis.formatting import value_counts_text
+from analysis.load import DatasetError, cell_columns, load_dataset
+
+CURVE_POINTS = 20
+REPORT_FILES = ("per_seed_metrics.csv", "summary.csv", "claims.csv")
+EXIT_USAGE = 2
+
+
+def downsampled_curves(experiment_dir: Path, points: int = CURVE_POINTS) -> pd.DataFrame:
+    """Every seed's return curve on ``points`` evenly spaced env steps up to its run's length:
+    one row per (cell, seed, grid point) with the cell columns, ``run_key``, ``seed``,
+    ``env_step`` and ``episode_return`` (NaN before the seed's first episode)."""
+    dataset = load_dataset(experiment_dir)
+    cells = cell_columns(dataset)
+    lengths = run_total_steps(dataset)
+    parts = []
+    for run_key, episodes in dataset.episodes.groupby("run_key", sort=True):
+        length = float(lengths[run_key])
+        grid = np.linspace(length / points, length, points)
+        curves = metrics.returns_on_grid(episodes, grid).stack(future_stack=True)
+        frame = curves.rename("episode_return").reset_index()
+        run = dataset.runs[dataset.runs["run_key"] == run_key].iloc[0]
+        parts.append(frame.assign(**{c: run[c] for c in cells}))
+    curves = pd.concat(parts, ignore_index=True)
+    return curves[[*cells, "run_key", "seed", "env_step", "episode_return"]]
+
+
+def write_evidence(experiment_dir: Path, destination: Path, command: str) -> list[Path]:
+    """The evidence files of ``experiment_dir`` into ``destination`` (created); returns them.
+    Needs the experiment's report (``<experiment_dir>/report``)."""
+    report = experiment_dir / "report"
+    if not (report / "per_seed_metrics.csv").is_file():
+        raise DatasetError(f"{report} has no per_seed_metrics.csv: run `python -m "
+                           f"analysis.report {experiment_dir}` first")
+    destination.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in REPORT_FILES:
+        if (report / name).is_file():
+            written.append(Path(shutil.copy2(report / name, destination / name)))
+    for path in sorted(report.glob("claim-*")):
+        if path.suffix in (".csv", ".png"):
+            written.append(Path(shutil.copy2(path, destination / path.name)))
+    for path in sorted(report.glob("*.png")):
+        if not path.name.startswith("claim-"):
+            written.append(Path(shutil.copy2(path, destination / path.name)))
+    written.append(Path(shutil.copy2(report / "index.md", destination / "report.md")))
+    curves = downsampled_curves(experiment_dir)
+    curves.to_csv(destination / "curves.csv", index=False, float_format="%.6g")
+    written.append(destination / "curves.csv")
+    readme = destination / "README.md"
+    readme.write_text(provenance_text(experiment_dir, command))
+    return [*written, readme]
+
+
+def provenance_text(experiment_dir: Path, command: str) -> str:
+    """The evidence folder's README: what made it and what is in it."""
+    dataset = load_dataset(experiment_dir)
+    runs = dataset.runs
+    per_seed = pd.read_csv(experiment_dir / "report" / "per_seed_metrics.csv")
+    cells = per_seed.drop_duplicates(cell_columns(dataset))
+    generated = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return "\n".join([
+        f"# Evidence: {experiment_dir.resolve().name}",
+        "",
+        f"Exported {generated} by `python -m analysis.evidence {experiment_dir} ...` from the "
+        "results of:",
+        "",
+        f"    {command}",
+        "",
+        f"- result files: {len(runs)}; cells: {len(cells)}; seeds: {len(per_seed)} "
+        f"(diverged: {int(per_seed['diverged'].sum())})",
+        f"- git commits: {value_counts_text(runs['git_commit'])}",
+        f"- devices: {value_counts_text(runs['device'])}; hosts: {value_counts_text(runs['host'])}",
+        f"- runs started {runs['started_at'].min()}, last finished {runs['finished_at'].max()}",
+        "",
+        "Files: `report.md` (the report's index, figures beside it), `claims.csv` (verdicts), "
+        "`claim-<id>.csv` (every comparison behind them), `per_seed_metrics.csv` and "
+        "`summary.csv` (every seed and cell), `curves.csv` (every seed's return curve at "
+        f"{CURVE_POINTS} grid points). Regenerate the report from the raw results with "
+        f"`python -m analysis.report {experiment_dir}`.",
+        "",
+    ])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; exit status 2 on a missing experiment or report."""
+    parser = ArgumentParser(prog="python -m analysis.evidence",
+                            description="Export a study's compact evidence.")
+    parser.add_argument("experiment_dir", type=Path)
+    parser.add_argument("destination", type=Path)
+    parser.add_argument("--command", default="(not given)",
+                        help="the command line that made the results, recorded in README.md")
+    args = parser.parse_args(argv)
+    try:
+        written = write_evidence(args.experiment_dir, args.destination, args.command)
+    except DatasetError as error:
+        print(f"analysis.evidence: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    size = sum(p.stat().st_size for p in written)
+    print(f"wrote {len(written)} files ({size / 1e6:.1f} MB) to {args.destination}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
