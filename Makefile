@@ -33,7 +33,7 @@ SWEEP_ARGS   = $(strip results_dir=$(RESULTS) hydra/launcher=$(LAUNCHER) \
                $(if $(MAX_SLOTS),hydra.sweeper.max_slots=$(MAX_SLOTS)) \
                $(if $(SEEDS),seeds=$(SEEDS)) $(ARGS))
 
-.PHONY: setup test test-slow sweep report bench lint clean
+.PHONY: setup test test-slow sweep report bench lint clean findings
 
 setup: $(STAMP)
 
@@ -73,3 +73,7 @@ lint: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# README's "What we found", regenerated from the committed evidence in findings/.
+findings: $(STAMP)
+	$(PY) -m analysis.findings --write README.md

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from test_analysis import REPO_ROOT, run_report, write_result_file
 
-from analysis import claims
+from analysis import claims, findings
 
 SEEDS = list(range(12))  # best lr tests the 6 odd seeds: separation p = 2 / C(12, 6)
 TOTAL_STEPS = 200
@@ -130,3 +130,28 @@ def test_report_leads_with_the_claims_verdicts(tmp_path: Path) -> None:
     readme = (evidence / "README.md").read_text()
     assert "make sweep EXP=seed_claims_003" in readme and "abc1234" in readme
     assert (evidence / "claim-sum_or_loop_never_mean.png").is_file()
+
+
+def test_readme_findings_are_generated_from_the_committed_evidence() -> None:
+    """README's "What we found" is exactly what `analysis.findings` renders from findings/
+    (run `make findings` after committing new evidence)."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme.split(findings.START, 1)[1].split(findings.END, 1)[0]
+    assert section == "\n" + findings.render()
+
+
+def test_findings_section_replacement(tmp_path: Path) -> None:
+    study = tmp_path / "study"
+    study.mkdir()
+    pd.DataFrame([{"claim": "c", "condition": "env=x", "view": "matched_lr",
+                   "comparison": "sum vs mean", "prediction": "greater", "metric": "auc",
+                   "verdict": "supported"}]).to_csv(study / "claims.csv", index=False)
+    text = f"intro\n{findings.START}\nstale table\n{findings.END}\nrest\n"
+
+    replaced = findings.replace_section(text, findings.render(tmp_path))
+
+    assert replaced.startswith("intro\n") and replaced.endswith(f"{findings.END}\nrest\n")
+    assert "stale table" not in replaced
+    assert "| c | env=x | matched_lr | sum vs mean | supported | findings/study |" in replaced
+    with pytest.raises(ValueError, match="markers"):
+        findings.replace_section("no markers", "x")
