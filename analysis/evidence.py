@@ -7,7 +7,8 @@ From an experiment's data and its written report (``make report`` first), writes
 - ``curves.csv``: every seed's return curve down-sampled to `CURVE_POINTS` grid points (the
   report's rule, `analysis.metrics.returns_on_grid`), long format;
 - the claims: ``claims.csv`` (the verdict table), ``claim-<id>.csv`` (every comparison) and
-  ``claim-<id>.png``; the report's ``index.md`` as ``report.md`` and its PNG figures;
+  ``claim-<id>.png``; the report's ``index.md`` as ``report.md`` and its convergence and
+  lr-sensitivity PNGs (`KEPT_FIGURES`);
 - ``README.md``: what made it: the command line, the git commits, devices and hosts recorded
   in the result files, the number of files, cells and seeds, and the time span of the runs.
 """
@@ -31,6 +32,9 @@ from analysis.load import DatasetError, cell_columns, load_dataset
 
 CURVE_POINTS = 20
 REPORT_FILES = ("per_seed_metrics.csv", "summary.csv", "claims.csv")
+# Figures kept besides the claims' (the aggregate figures, megabytes each for a large grid,
+# stay in the regenerable report).
+KEPT_FIGURES = ("convergence-", "lr_sensitivity-")
 EXIT_USAGE = 2
 
 
@@ -69,7 +73,7 @@ def write_evidence(experiment_dir: Path, destination: Path, command: str) -> lis
         if path.suffix in (".csv", ".png"):
             written.append(Path(shutil.copy2(path, destination / path.name)))
     for path in sorted(report.glob("*.png")):
-        if not path.name.startswith("claim-"):
+        if path.name.startswith(KEPT_FIGURES):
             written.append(Path(shutil.copy2(path, destination / path.name)))
     written.append(Path(shutil.copy2(report / "index.md", destination / "report.md")))
     curves = downsampled_curves(experiment_dir)
@@ -104,7 +108,8 @@ def provenance_text(experiment_dir: Path, command: str) -> str:
         "Files: `report.md` (the report's index, figures beside it), `claims.csv` (verdicts), "
         "`claim-<id>.csv` (every comparison behind them), `per_seed_metrics.csv` and "
         "`summary.csv` (every seed and cell), `curves.csv` (every seed's return curve at "
-        f"{CURVE_POINTS} grid points). Regenerate the report from the raw results with "
+        f"{CURVE_POINTS} grid points); the aggregate figures `report.md` links to are not "
+        "kept (megabytes). Regenerate the whole report from the raw results with "
         f"`python -m analysis.report {experiment_dir}`.",
         "",
     ])
