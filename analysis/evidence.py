@@ -28,7 +28,7 @@ from analysis import metrics
 from analysis.cells import run_total_steps
 from analysis.cli import ArgumentParser
 from analysis.formatting import value_counts_text
-from analysis.load import DatasetError, cell_columns, load_dataset
+from analysis.load import Dataset, DatasetError, cell_columns, load_dataset
 
 CURVE_POINTS = 20
 REPORT_FILES = ("per_seed_metrics.csv", "summary.csv", "claims.csv")
@@ -38,11 +38,10 @@ KEPT_FIGURES = ("convergence-", "lr_sensitivity-")
 EXIT_USAGE = 2
 
 
-def downsampled_curves(experiment_dir: Path, points: int = CURVE_POINTS) -> pd.DataFrame:
+def downsampled_curves(dataset: Dataset, points: int = CURVE_POINTS) -> pd.DataFrame:
     """Every seed's return curve on ``points`` evenly spaced env steps up to its run's length:
     one row per (cell, seed, grid point) with the cell columns, ``run_key``, ``seed``,
     ``env_step`` and ``episode_return`` (NaN before the seed's first episode)."""
-    dataset = load_dataset(experiment_dir)
     cells = cell_columns(dataset)
     lengths = run_total_steps(dataset)
     parts = []
@@ -76,17 +75,18 @@ def write_evidence(experiment_dir: Path, destination: Path, command: str) -> lis
         if path.name.startswith(KEPT_FIGURES):
             written.append(Path(shutil.copy2(path, destination / path.name)))
     written.append(Path(shutil.copy2(report / "index.md", destination / "report.md")))
-    curves = downsampled_curves(experiment_dir)
+    dataset = load_dataset(experiment_dir)
+    curves = downsampled_curves(dataset)
     curves.to_csv(destination / "curves.csv", index=False, float_format="%.6g")
     written.append(destination / "curves.csv")
     readme = destination / "README.md"
-    readme.write_text(provenance_text(experiment_dir, command))
+    readme.write_text(provenance_text(dataset, command))
     return [*written, readme]
 
 
-def provenance_text(experiment_dir: Path, command: str) -> str:
+def provenance_text(dataset: Dataset, command: str) -> str:
     """The evidence folder's README: what made it and what is in it."""
-    dataset = load_dataset(experiment_dir)
+    experiment_dir = Path(dataset.experiment_dir)
     runs = dataset.runs
     per_seed = pd.read_csv(experiment_dir / "report" / "per_seed_metrics.csv")
     cells = per_seed.drop_duplicates(cell_columns(dataset))

@@ -23,9 +23,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.cells import per_seed_metrics
+from analysis.cells import compute_cell_metrics
 from analysis.cli import ArgumentParser
 from analysis.load import DatasetError, cell_columns, load_dataset
+from analysis.references import reference_scores
+from analysis.settings import ReportSettings
 
 COMPARED = ("stream", "final_return", "auc")
 EXIT_DIFFERS, EXIT_USAGE = 1, 2
@@ -83,8 +85,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"analysis.verify: error: the slice failed (exit {error.returncode})",
                   file=sys.stderr)
             return EXIT_USAGE
-        cells = cell_columns(load_dataset(experiment_dir))
-        result = compare(per_seed_metrics(experiment_dir), evidence, cells)
+        dataset = load_dataset(experiment_dir)
+        fresh = compute_cell_metrics(dataset, ReportSettings(),
+                                     reference_scores(dataset.runs)).per_seed
+        result = compare(fresh, evidence, cell_columns(dataset))
     matched = int(result["match"].sum())
     print(f"{matched} of {len(result)} seeds match {evidence_file} exactly "
           f"(episode stream digest, final return, AUC)")
