@@ -15,6 +15,7 @@ From an experiment's data and its written report (``make report`` first), writes
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from collections.abc import Sequence
@@ -81,7 +82,21 @@ def write_evidence(experiment_dir: Path, destination: Path, command: str) -> lis
     written.append(destination / "curves.csv")
     readme = destination / "README.md"
     readme.write_text(provenance_text(dataset, command))
-    return [*written, readme]
+    machine = destination / MACHINE_FILE
+    machine.write_text(json.dumps(machine_record(dataset), indent=2) + "\n")
+    return [*written, readme, machine]
+
+
+# What `make verify` reads to tell whether bit-identity is to be expected on another machine.
+MACHINE_FILE = "machine.json"
+
+
+def machine_record(dataset: Dataset) -> dict[str, list[str]]:
+    """The devices, CPUs (model and torch kernel set; "not recorded" for files written before
+    the CPU was) and hosts the results were made on."""
+    runs = dataset.runs
+    return {column: sorted({str(v) if v is not None else "not recorded" for v in runs[column]})
+            for column in ("device", "cpu", "host")}
 
 
 def provenance_text(dataset: Dataset, command: str) -> str:
@@ -103,6 +118,7 @@ def provenance_text(dataset: Dataset, command: str) -> str:
         f"(diverged: {int(per_seed['diverged'].sum())})",
         f"- git commits: {value_counts_text(runs['git_commit'])}",
         f"- devices: {value_counts_text(runs['device'])}; hosts: {value_counts_text(runs['host'])}",
+        f"- CPUs: {value_counts_text(runs['cpu'].fillna('not recorded'))}",
         f"- runs started {runs['started_at'].min()}, last finished {runs['finished_at'].max()}",
         "",
         "Files: `report.md` (the report's index, figures beside it), `claims.csv` (verdicts), "

@@ -168,3 +168,43 @@ def write_aggregate_table(table: pd.DataFrame, caption: str, report_dir: Path) -
     table.to_csv(report_dir / "aggregate.csv", index=False)
     write_text_versions(aggregate_display(table), caption, report_dir / "aggregate",
                         "tab:aggregate")
+
+
+# How the gradient summary's text versions show its measures: (header, column).
+GRADIENT_DISPLAY = (
+    ("grad cosine [CI]", "grad_cosine"),
+    ("norm ratio [CI]", "grad_norm_ratio"),
+    ("step cosine [CI]", "step_cosine"),
+    ("noise cosine [CI]", "noise_cosine"),
+)
+GRADIENT_TABLE = "gradient_diagnostics"
+GRADIENT_IDENTITY = "gradient_identity"
+
+
+def gradient_display(summary: pd.DataFrame, cells: list[str]) -> pd.DataFrame:
+    """The gradient summary (`analysis.gradients.gradient_summary`) as text cells: the cell
+    columns (``reduction`` headed "trains with"), the probe, seeds and probes, the mean batch
+    length, and each measure's mean over seeds with its CI in brackets."""
+    rows = []
+    for _, row in summary.iterrows():
+        shown = {("trains with" if c == "reduction" else c): text(row[c]) for c in cells}
+        shown.update({"probe": text(row["probe_reduction"]), "seeds": text(row["n_seeds"]),
+                      "probes": text(row["n_probes"]),
+                      "mean length": text(row["mean_length"], "{:.1f}")})
+        for header, column in GRADIENT_DISPLAY:
+            shown[header] = (f"{text(row[column])} "
+                             f"{interval_text(row[f'{column}_ci_low'], row[f'{column}_ci_high'])}")
+        rows.append(shown)
+    return pd.DataFrame(rows)
+
+
+def write_gradient_tables(
+    summary: pd.DataFrame, identity: pd.DataFrame, cells: list[str], caption: str,
+    report_dir: Path,
+) -> None:
+    """``gradient_diagnostics.csv`` (numeric), ``.md`` and ``.tex`` of the summary, and
+    ``gradient_identity.csv``: the mean / traj_mean norm-ratio check per probed batch."""
+    summary.to_csv(report_dir / f"{GRADIENT_TABLE}.csv", index=False)
+    write_text_versions(gradient_display(summary, cells), caption, report_dir / GRADIENT_TABLE,
+                        f"tab:{GRADIENT_TABLE}")
+    identity.to_csv(report_dir / f"{GRADIENT_IDENTITY}.csv", index=False)

@@ -1,5 +1,6 @@
 """Which figures a report draws, from which numbers: the data preparation and file names of
-the convergence, lr-sensitivity and aggregate figures (the drawing is `analysis.plots`)."""
+the convergence, lr-sensitivity, aggregate and gradient-diagnostics figures (the drawing is
+`analysis.plots` and `analysis.gradient_plots`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis import intervals, plots
+from analysis import gradient_plots, gradients, intervals, plots
 from analysis.aggregate import STATISTICS, Aggregates
 from analysis.claims import LOWER_IS_BETTER, ClaimResult
 from analysis.formatting import family_label, slug, text
@@ -125,6 +126,92 @@ def write_aggregate_figures(
          plots.plot_performance_profile(profiles, profile_title,
                                         report_dir / "performance_profile")),
     ]
+
+
+# The gradient figures: kind -> file stem prefix.
+GRADIENT_FIGURES = {
+    "gradient_cosine": "gradient_cosine",
+    "gradient_norm_ratio": "gradient_norm_ratio",
+    "gradient_length": "gradient_norm_vs_length",
+}
+PPO_NOTE = "PPO: the first epoch's gradient on the rollout, before any step"
+
+
+def gradient_family_columns(cells: Sequence[str]) -> list[str]:
+    """The columns that make one gradient figure: every cell column but env and algo (the
+    facets), including the reduction the seeds train with."""
+    return [c for c in cells if c not in ("env", "algo")]
+
+
+def _family_rows(frame: pd.DataFrame, key: dict) -> pd.DataFrame:
+    """The rows of ``frame`` whose columns have the family's values (NaN matching NaN)."""
+    selected = np.ones(len(frame), dtype=bool)
+    for column, value in key.items():
+        values = frame[column]
+        selected &= (values.isna() if pd.isna(value) else values == value).to_numpy()
+    return frame[selected]
+
+
+def _as_probe_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """A family's rows with the probe reduction as ``reduction`` (what the figures colour by)."""
+    return frame.drop(columns="reduction").rename(columns={gradients.PROBE: "reduction"})
+
+
+def write_gradient_figures(
+    diagnostics: pd.DataFrame, cells: Sequence[str], report_dir: Path, settings: ReportSettings
+) -> dict[str, FigureFiles]:
+    """Per family of cells (`gradient_family_columns`), three figures of the diagnostics rows:
+    the cosine with the reference gradient and the norm ratio against env steps
+    (`analysis.gradients.gradient_curves`), and the norm ratio against mean trajectory length
+    (`analysis.gradients.norm_ratio_vs_length`). Returns them by kind (`GRADIENT_FIGURES`),
+    each a list of (family title, [PNG, PDF]); empty lists without diagnostics rows."""
+    written: dict[str, FigureFiles] = {kind: [] for kind in GRADIENT_FIGURES}
+    if diagnostics.empty:
+        return written
+    confidence = f"{settings.confidence:.0%}"
+    family_columns = gradient_family_columns(cells)
+    cosine = gradients.gradient_curves(diagnostics, cells, "grad_cosine", settings)
+    ratio = gradients.gradient_curves(diagnostics, cells, "grad_norm_ratio", settings)
+    points = gradients.norm_ratio_vs_length(diagnostics, cells)
+    trend = gradients.norm_ratio_trend(points, [*cells, gradients.PROBE])
+    probes = gradients.probe_order(diagnostics[gradients.PROBE].astype(str))
+    for family_values, family in diagnostics.groupby(family_columns, dropna=False, sort=True):
+        key = dict(zip(family_columns, family_values, strict=True))
+        title = ", ".join(f"{c}={text(v)}" for c, v in key.items())
+        trained = f"seeds trained with {title}"
+
+        def part(frame: pd.DataFrame, key: dict = key) -> pd.DataFrame:
+            return _as_probe_frame(_family_rows(frame, key))
+
+        written["gradient_cosine"].append((title, gradient_plots.plot_probe_curves(
+            part(cosine),
+            f"Cosine of each probe reduction's policy gradient on the training batch with the "
+            f"reference gradient (1/M) sum_i sum_t of M independent episodes; {trained}; "
+            f"{PPO_NOTE}",
+            "cosine with reference",
+            f"line: mean over seeds of each seed's mean cosine in the env-step bin; band: "
+            f"{confidence} Student t CI over seeds",
+            report_dir / f"{GRADIENT_FIGURES['gradient_cosine']}-{slug(title)}",
+        )))
+        written["gradient_norm_ratio"].append((title, gradient_plots.plot_probe_curves(
+            part(ratio),
+            f"Norm ratio ||probe gradient|| / ||reference gradient|| on the training batch; "
+            f"{trained}; {PPO_NOTE}",
+            "||probe|| / ||reference|| (log scale)",
+            f"line: geometric mean over seeds of each seed's geometric mean in the env-step "
+            f"bin; band: {confidence} Student t CI over seeds on the log scale",
+            report_dir / f"{GRADIENT_FIGURES['gradient_norm_ratio']}-{slug(title)}",
+            log_y=True,
+        )))
+        written["gradient_length"].append((title, gradient_plots.plot_norm_ratio_vs_length(
+            part(points), part(trend),
+            f"Norm ratio against the probed batch's mean trajectory length; {trained}; "
+            f"{PPO_NOTE}\npoint: one probe of one probed batch; line: geometric mean of the "
+            f"ratios in log-spaced bins of mean length",
+            report_dir / f"{GRADIENT_FIGURES['gradient_length']}-{slug(title)}",
+            reductions=[p for p in probes if p in set(family[gradients.PROBE].astype(str))],
+        )))
+    return written
 
 
 def claim_points(result: ClaimResult) -> pd.DataFrame:

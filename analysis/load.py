@@ -47,6 +47,17 @@ UPDATE_FRAME_COLUMNS: tuple[str, ...] = (
     *schema.COMMON_COLUMNS,
     *schema.UPDATE_COLUMNS,
 )
+# Diagnostics rows: besides their own columns, the update whose batch was probed and that
+# batch's shape and learning rate (`bench.schema.DIAGNOSTICS_COLUMNS`).
+DIAGNOSTICS_FRAME_COLUMNS: tuple[str, ...] = (
+    *(c for c in schema.IDENTITY_COLUMNS if c != "kind"),
+    *schema.COMMON_COLUMNS,
+    "update",
+    "batch_steps",
+    "batch_trajectories",
+    "learning_rate",
+    *schema.DIAGNOSTICS_COLUMNS,
+)
 
 
 class DatasetError(Exception):
@@ -106,6 +117,9 @@ class Dataset:
       swept columns);
     - ``updates``: one row per gradient update (identity, common and update columns, then the
       swept columns);
+    - ``diagnostics``: one row per probe reduction at each probed update of a seed
+      (`DIAGNOSTICS_FRAME_COLUMNS`, then the swept columns); empty, with those columns, when
+      no file has gradient diagnostics;
     - ``runs``: one row per file, with its metadata (``config``: the resolved config as a dict)
       and its identity and swept values;
     - ``swept_columns``: the union of the files' swept columns, in first-seen order;
@@ -117,6 +131,7 @@ class Dataset:
     experiment_dir: Path
     episodes: pd.DataFrame
     updates: pd.DataFrame
+    diagnostics: pd.DataFrame
     runs: pd.DataFrame
     swept_columns: tuple[str, ...]
     skipped: list[SkippedFile]
@@ -160,20 +175,25 @@ def read_result_file(path: Path) -> ResultFile:
         raise InvalidResultFile(
             f"no '{schema.SCHEMA_VERSION_KEY}' metadata: not a bench results file"
         )
-    if version != str(schema.SCHEMA_VERSION):
+    readable = [str(v) for v in schema.READABLE_SCHEMA_VERSIONS]
+    if version not in readable:
         raise InvalidResultFile(
-            f"schema version {version!r}, this code reads version {schema.SCHEMA_VERSION}"
+            f"schema version {version!r}, this code reads versions {', '.join(readable)}"
         )
-    swept_columns = tuple(_json_metadata(metadata, schema.SWEPT_COLUMNS_KEY, default=[]))
-    missing = [c for c in (*schema.COLUMNS, *swept_columns) if c not in table.column_names]
-    if missing:
-        raise InvalidResultFile(f"missing columns: {', '.join(missing)}")
     digest = metadata.get(schema.CONTENT_DIGEST_KEY)
     if digest is not None and schema.content_digest(table) != digest:
         raise InvalidResultFile(
             "content check failed: its rows do not match the content digest in its metadata "
             "(damaged data pages)"
         )
+    if version == "1":  # no diagnostics yet: their columns are null
+        for name, type_name in schema.DIAGNOSTICS_COLUMNS.items():
+            arrow_type = pa.string() if type_name == "string" else pa.float64()
+            table = table.append_column(name, pa.nulls(table.num_rows, type=arrow_type))
+    swept_columns = tuple(_json_metadata(metadata, schema.SWEPT_COLUMNS_KEY, default=[]))
+    missing = [c for c in (*schema.COLUMNS, *swept_columns) if c not in table.column_names]
+    if missing:
+        raise InvalidResultFile(f"missing columns: {', '.join(missing)}")
     seeds = _json_metadata(metadata, schema.SEEDS_KEY, default=None)
     run_key = metadata.get(schema.RUN_KEY_KEY)
     row_keys = set(pc.unique(table["run_key"]).to_pylist())
@@ -253,11 +273,16 @@ def load_dataset(experiment_dir: Path | str) -> Dataset:
     updates = _concat(
         _rows_of_kind(f, schema.KIND_UPDATE, UPDATE_FRAME_COLUMNS, swept_columns) for f in files
     )
+    diagnostics = _concat(
+        _rows_of_kind(f, schema.KIND_DIAGNOSTICS, DIAGNOSTICS_FRAME_COLUMNS, swept_columns)
+        for f in files
+    )
     runs = pd.DataFrame([_run_record(f, swept_columns) for f in files])
     return Dataset(
         experiment_dir=Path(experiment_dir),
         episodes=episodes,
         updates=updates,
+        diagnostics=diagnostics,
         runs=runs,
         swept_columns=swept_columns,
         skipped=skipped,
@@ -409,9 +434,11 @@ def _run_record(result: ResultFile, swept_columns: tuple[str, ...]) -> dict[str,
         "total_steps": config_value(result.config, "total_steps"),
         "n_episodes": rows_by_kind.get(schema.KIND_EPISODE, 0),
         "n_updates": rows_by_kind.get(schema.KIND_UPDATE, 0),
+        "n_diagnostics": rows_by_kind.get(schema.KIND_DIAGNOSTICS, 0),
         "git_commit": metadata.get(schema.GIT_COMMIT_KEY),
         "device": metadata.get(schema.DEVICE_KEY),
         "host": metadata.get(schema.HOST_KEY),
+        "cpu": metadata.get(schema.CPU_KEY),
         "versions": result.versions,
         "started_at": metadata.get(schema.STARTED_AT_KEY),
         "finished_at": metadata.get(schema.FINISHED_AT_KEY),

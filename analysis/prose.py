@@ -13,8 +13,14 @@ from analysis import calibration, intervals, tables
 from analysis.aggregate import Aggregates
 from analysis.claims import Claim, ClaimResult
 from analysis.document import Block, Bullets, Figure, Heading, Paragraph, Table
-from analysis.exports import aggregate_display, display_frame
-from analysis.figures import METRIC_LABELS, FigureFiles
+from analysis.exports import (
+    GRADIENT_IDENTITY,
+    GRADIENT_TABLE,
+    aggregate_display,
+    display_frame,
+    gradient_display,
+)
+from analysis.figures import METRIC_LABELS, PPO_NOTE, FigureFiles
 from analysis.formatting import (
     compact_ranges,
     extreme_text,
@@ -22,6 +28,7 @@ from analysis.formatting import (
     text,
     value_counts_text,
 )
+from analysis.gradients import IDENTITY_TOLERANCE, GradientResults
 from analysis.load import Dataset, cell_columns
 from analysis.references import ReferenceScores
 from analysis.settings import ReportSettings
@@ -38,10 +45,11 @@ def report_blocks(
     references: dict[str, ReferenceScores],
     figures: dict[str, FigureFiles],
     settings: ReportSettings,
+    gradient_results: GradientResults | None = None,
 ) -> list[Block]:
     """The index page as document blocks, in reading order: the claims' verdicts first, then
-    figures and tables, then how every number was computed, then completeness and
-    provenance."""
+    figures and tables (the gradient diagnostics last, when the dataset has them), then how
+    every number was computed, then completeness and provenance."""
     cells = cell_columns(dataset)
     generated = datetime.now(timezone.utc).isoformat(timespec="seconds")
     by_name = {t.name: t for t in comparison_tables}
@@ -66,6 +74,7 @@ def report_blocks(
         ),
         *aggregate_blocks(aggregates, figures["aggregate"], settings),
         *summary_blocks(summary, settings),
+        *gradient_blocks(gradient_results, cells, figures, settings),
         *metrics_blocks(references, per_seed, settings),
         *methods_blocks(settings),
         *completeness_blocks(dataset, per_seed, cells),
@@ -155,7 +164,8 @@ def data_blocks(dataset: Dataset, per_seed: pd.DataFrame) -> list[Block]:
                 f"files read: {len(runs)}; runs (distinct run keys): {runs['run_key'].nunique()}; "
                 f"cells: {n_cells}; seeds: {len(per_seed)}, of which diverged: "
                 f"{int(per_seed['diverged'].sum())}",
-                f"rows: {len(dataset.episodes)} episodes, {len(dataset.updates)} updates",
+                f"rows: {len(dataset.episodes)} episodes, {len(dataset.updates)} updates, "
+                f"{len(dataset.diagnostics)} gradient diagnostics",
                 f"runs started {extreme_text(runs['started_at'], largest=False)}, last finished "
                 f"{extreme_text(runs['finished_at'], largest=True)}",
                 "runs whose config has no `total_steps` (length taken from their last row): "
@@ -477,6 +487,120 @@ def summary_blocks(summary: pd.DataFrame, settings: ReportSettings) -> list[Bloc
     ]
 
 
+
+
+GRADIENT_MEASURES_TEXT = (
+    "`grad_cosine`: cosine between the probe reduction's policy gradient on the training "
+    "batch and the reference gradient (1/M) sum_i sum_t, from M independent episodes under "
+    "the same policy (the textbook estimator's expectation, up to its noise): 1 means the "
+    "batch points the policy where the expected gradient does.",
+    "`grad_norm_ratio`: ||probe gradient|| / ||reference gradient||, the step size the "
+    "reduction implies at a given learning rate, relative to the textbook estimator's.",
+    "`step_cosine`: cosine between the parameter steps the seed's optimiser would take on the "
+    "probe and on the reference gradient (each from a copy of its state): what the optimiser "
+    "makes of the direction (under Adam, a gradient's scale barely matters).",
+    "`noise_cosine`: mean pairwise cosine of the probe's gradients over B independent "
+    "training-sized batches (1: no direction noise); the rows also hold `noise_trace`, the "
+    "trace of their covariance, and `batch_length_std`, the spread of T_i in the batch.",
+    "`sum`, `mean`, `traj_mean`, `constant` and `per_step` weigh every step of one batch "
+    "equally, so on one batch their gradients differ only by a scalar: their cosines agree "
+    "and their norm ratios differ by known factors (e.g. `mean` / `traj_mean` = "
+    "N / sum_i T_i); only `traj_step_mean` and `length_power` re-weigh steps and change the "
+    "direction.",
+)
+
+
+def identity_text(results: GradientResults) -> str:
+    """One sentence on the check that ``mean``'s norm ratio / ``traj_mean``'s equals
+    N / sum_i T_i on every probed batch (`analysis.gradients.norm_ratio_identity`)."""
+    identity = results.identity
+    checked = identity[identity["deviation"].notna()]
+    link = f"per batch: [{GRADIENT_IDENTITY}.csv]({GRADIENT_IDENTITY}.csv)"
+    if checked.empty:
+        return ("Identity check: no probed batch has both a `mean` and a `traj_mean` probe "
+                "with finite norm ratios, so `mean`'s norm ratio / `traj_mean`'s = "
+                "N / sum_i T_i cannot be checked here.")
+    largest = results.max_deviation
+    if largest <= IDENTITY_TOLERANCE:
+        return (f"Identity check: on all {len(checked)} probed batches with both probes, "
+                "`mean`'s norm ratio / `traj_mean`'s equals N / sum_i T_i (`batch_trajectories` "
+                f"/ `batch_steps`), as it must by construction: largest relative deviation "
+                f"{largest:.2g} (tolerance {IDENTITY_TOLERANCE:g}; {link}).")
+    worst = checked.loc[checked["deviation"].idxmax()]
+    failing = int((checked["deviation"] > IDENTITY_TOLERANCE).sum())
+    return (f"**Identity check failed**: on {failing} of {len(checked)} probed batches with "
+            "both probes, `mean`'s norm ratio / `traj_mean`'s differs from N / sum_i T_i "
+            f"(`batch_trajectories` / `batch_steps`) by more than {IDENTITY_TOLERANCE:g}, "
+            f"which cannot happen by construction; largest relative deviation {largest:.3g} "
+            f"(run `{worst['run_key']}`, seed {text(worst['seed'])}, update "
+            f"{text(worst['update'])}; {link}). The diagnostics of those batches are suspect.")
+
+
+def gradient_caption(settings: ReportSettings) -> str:
+    """What the gradient summary table shows."""
+    return (
+        "Gradient diagnostics per cell (`trains with`: the reduction the seeds train with) "
+        "and probe reduction: seeds, probes (all seeds' probed updates), mean length (mean over "
+        "seeds of each seed's mean sum_i T_i / N over its probed batches), and per measure the "
+        "mean over seeds of each seed's mean over its probed updates, with its "
+        f"{settings.confidence:.0%} {intervals.method_label(intervals.MEAN)} over seeds "
+        f"({settings.n_resamples} resamples; n/a with fewer than 2 seeds). {PPO_NOTE}."
+    )
+
+
+def gradient_blocks(
+    results: GradientResults | None, cells: Sequence[str], figures: dict[str, FigureFiles],
+    settings: ReportSettings,
+) -> list[Block]:
+    """The Gradient diagnostics section (none without diagnostics rows): what each measure
+    is, the identity check, the summary table and, per family of cells, its three figures."""
+    if results is None:
+        return []
+    confidence = f"{settings.confidence:.0%}"
+    blocks: list[Block] = [
+        Heading("Gradient diagnostics"),
+        Paragraph(
+            "At probed updates of each seed, every reduction's policy gradient (the term "
+            "-log pi(a|s) A alone) is computed on the batch that update trains on and compared "
+            "with a reference gradient from independent episodes; the seed trains with its own "
+            f"reduction whatever is probed. {PPO_NOTE}. The measures:"
+        ),
+        Bullets(GRADIENT_MEASURES_TEXT),
+        Paragraph(identity_text(results)),
+        Paragraph(gradient_caption(settings)),
+        Table(gradient_display(results.summary, list(cells))),
+        Paragraph(
+            f"Files: [{GRADIENT_TABLE}.csv]({GRADIENT_TABLE}.csv) (numeric), "
+            f"[{GRADIENT_TABLE}.tex]({GRADIENT_TABLE}.tex) (LaTeX, booktabs), "
+            f"[{GRADIENT_TABLE}.md]({GRADIENT_TABLE}.md)."
+        ),
+    ]
+    captions = {
+        "gradient_cosine": (
+            f"cosine with the reference gradient against env steps per probe reduction; line: "
+            f"mean over seeds, band: {confidence} Student t CI over seeds, per env (rows) and "
+            f"algorithm (columns). {PPO_NOTE}."
+        ),
+        "gradient_norm_ratio": (
+            f"norm ratio ||probe|| / ||reference|| against env steps (log scale); line: "
+            f"geometric mean over seeds, band: {confidence} Student t CI over seeds on the log "
+            f"scale. {PPO_NOTE}."
+        ),
+        "gradient_length": (
+            "norm ratio against the probed batch's mean trajectory length sum_i T_i / N "
+            "(log-log); points: single probes, line: geometric mean per length bin. "
+            f"{PPO_NOTE}."
+        ),
+    }
+    by_family: dict[str, list[Block]] = {}
+    for kind, caption in captions.items():
+        for title, (png, pdf) in figures.get(kind, []):
+            by_family.setdefault(title, []).append(
+                Figure(png, f"Gradient diagnostics, {title}: {caption}", pdf)
+            )
+    for title, family_figures in by_family.items():
+        blocks += [Heading(f"Seeds trained with {title}", 3), *family_figures]
+    return blocks
 
 
 def aggregate_caption(aggregates: Aggregates, settings: ReportSettings) -> str:

@@ -8,12 +8,17 @@ Reads ``results/<name>/data/`` and writes ``results/<name>/report/``:
 - figures as PNG and PDF: convergence, lr sensitivity, aggregate intervals, performance profile;
 - significance tables (``significance-<metric>.{csv,md,tex}``, ``best_lr-<metric>.*``) with the
   per-seed values each used (``*-values.csv``), ``aggregate.{csv,md,tex}``, ``summary.csv`` (one
-  row per cell) and ``per_seed_metrics.csv`` (one row per seed).
+  row per cell) and ``per_seed_metrics.csv`` (one row per seed);
+- when the dataset has gradient diagnostics rows: ``gradient_diagnostics.{csv,md,tex}`` (per
+  cell and probe reduction), ``gradient_identity.csv`` (the mean / traj_mean norm-ratio check
+  per probed batch) and the figures ``gradient_cosine-*``, ``gradient_norm_ratio-*`` and
+  ``gradient_norm_vs_length-*``.
 
 The report is written to a temporary folder beside ``report/`` and swapped into place whole, so
 a failure never leaves a mix of old and new files. Which module does what: `analysis.cells`
 (per-seed metrics, summaries), `analysis.tables` (tests), `analysis.aggregate`,
-`analysis.figures` (what is drawn) and `analysis.plots` (drawing), `analysis.exports` (files),
+`analysis.gradients` (gradient diagnostics), `analysis.figures` (what is drawn) and
+`analysis.plots`, `analysis.gradient_plots` (drawing), `analysis.exports` (files),
 `analysis.prose` (the text).
 """
 
@@ -35,9 +40,10 @@ from analysis.cells import compute_cell_metrics, summarize_cells
 from analysis.claims import ClaimError, ClaimResult, evaluate, load_claims
 from analysis.cli import ArgumentParser
 from analysis.document import to_html, to_markdown
-from analysis.exports import write_aggregate_table, write_table
+from analysis.exports import write_aggregate_table, write_gradient_tables, write_table
+from analysis.gradients import gradient_results
 from analysis.load import Dataset, DatasetError, SkippedFileWarning, cell_columns, load_dataset
-from analysis.prose import aggregate_caption, report_blocks, verdict_table
+from analysis.prose import aggregate_caption, gradient_caption, report_blocks, verdict_table
 from analysis.references import reference_scores
 from analysis.settings import ReportSettings
 from bench.schema import REDUCTIONS
@@ -122,9 +128,17 @@ def write_report_files(dataset: Dataset, settings: ReportSettings, report_dir: P
         verdict_table(claim_results).to_csv(report_dir / "claims.csv", index=False)
     figure_files["claims"] = figures.write_claim_figures(claim_results, report_dir, settings)
 
+    gradients = gradient_results(dataset.diagnostics, cells, settings)
+    if gradients is not None:
+        write_gradient_tables(gradients.summary, gradients.identity, cells,
+                              gradient_caption(settings), report_dir)
+        figure_files.update(
+            figures.write_gradient_figures(dataset.diagnostics, cells, report_dir, settings)
+        )
+
     blocks = report_blocks(
         dataset, per_seed, summary, comparison_tables, aggregates,
-        (claim_results, claim_errors), references, figure_files, settings,
+        (claim_results, claim_errors), references, figure_files, settings, gradients,
     )
     title = f"Report: {Path(dataset.experiment_dir).resolve().name}"
     index = report_dir / "index.md"

@@ -8,12 +8,17 @@ and compares each (cell, seed) with the evidence's ``per_seed_metrics.csv``: the
 episode-stream digest (bit-identical training), final return and AUC. A slot's numbers do
 not depend on what else shares its process, so a smaller slice reproduces the study's seeds
 exactly on the same device and code; where they differ (another device, another commit), it
-lists every difference instead of failing silently. Exit status 0 when everything matches,
-1 when something differs, 2 on bad input.
+lists every difference instead of failing silently. Bit-identity across machines needs the same
+CPU model and torch kernel set as well: the evidence's ``machine.json`` (`analysis.evidence`)
+records them, and the output says whether this machine is that one, so a difference reads as
+either a failed reproduction (same machine) or another machine's rounding (training is
+chaotic: one rounding difference changes a seed's whole run). Exit status 0 when everything
+matches, 1 when something differs, 2 on bad input.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import tempfile
@@ -25,6 +30,7 @@ import pandas as pd
 
 from analysis.cells import compute_cell_metrics
 from analysis.cli import ArgumentParser
+from analysis.evidence import MACHINE_FILE
 from analysis.load import DatasetError, cell_columns, load_dataset
 from analysis.references import reference_scores
 from analysis.settings import ReportSettings
@@ -89,6 +95,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         fresh = compute_cell_metrics(dataset, ReportSettings(),
                                      reference_scores(dataset.runs)).per_seed
         result = compare(fresh, evidence, cell_columns(dataset))
+    fresh_cpus = sorted({str(cpu) for cpu in dataset.runs["cpu"]})
+    made_on = evidence_cpus(args.evidence)
+    same_machine = made_on is not None and set(fresh_cpus) <= set(made_on)
+    print(f"this machine: {', '.join(fresh_cpus)}; the evidence was made on: "
+          f"{', '.join(made_on) if made_on else 'a CPU not recorded'}")
     matched = int(result["match"].sum())
     print(f"{matched} of {len(result)} seeds match {evidence_file} exactly "
           f"(episode stream digest, final return, AUC)")
@@ -96,7 +107,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     print("differences:")
     print(result[~result["match"]].to_string(index=False))
+    if same_machine:
+        print("same CPU and kernel set as the evidence: these differences are a failed "
+              "reproduction (another commit, or a bug)")
+    else:
+        print("another CPU (or one the evidence does not record): bit-identity is not "
+              "expected, since rounding differs and one difference changes a seed's whole run")
     return EXIT_DIFFERS
+
+
+def evidence_cpus(evidence: Path) -> list[str] | None:
+    """The CPUs the evidence's results were made on (`machine.json`), or None when it does not
+    record them."""
+    record = evidence / MACHINE_FILE
+    if not record.is_file():
+        return None
+    cpus = [cpu for cpu in json.loads(record.read_text()).get("cpu", []) if cpu != "not recorded"]
+    return cpus or None
 
 
 if __name__ == "__main__":

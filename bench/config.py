@@ -245,6 +245,11 @@ RULES: dict[str, Rule] = {
     "algo.shared_network": flag,
     "algo.normalize_observation": flag,
     "algo.normalize_reward": flag,
+    # Gradient diagnostics (bench/diagnostics.py); optional, off when absent
+    "diagnostics.every": integer(0),
+    "diagnostics.reference_episodes": integer(1),
+    "diagnostics.noise_batches": integer(2),
+    "diagnostics.length_power_alpha": real(0, 1),
     # PPO
     "algo.clip_coef": real(0, open_low=True),
     "algo.clip_value_loss": flag,
@@ -387,7 +392,26 @@ def check_config(config: Mapping[str, Any]) -> dict[str, Any]:
         _check_reinforce(algo)
     else:
         _check_actor_critic(algo, config["reduction"]["scope"])
+    _check_diagnostics(config)
     return config
+
+
+def _check_diagnostics(config: Mapping[str, Any]) -> None:
+    """Diagnostics, when on, have every setting, and the probe's own environments can stand
+    for the training ones (no running normalisation statistics to share)."""
+    node = config.get("diagnostics") or {}
+    if not node.get("every"):
+        return
+    for key in ("reference_episodes", "noise_batches", "length_power_alpha"):
+        if key not in node:
+            raise ConfigError(f"missing config value diagnostics.{key} (needed when "
+                              f"diagnostics.every={node['every']})")
+    algo = config["algo"]
+    for key in ("normalize_observation", "normalize_reward"):
+        if algo.get(key):
+            raise ConfigError(
+                f"diagnostics.every={node['every']} needs algo.{key}=false: the probe's "
+                f"environments would keep normalisation statistics of their own")
 
 
 def check_environment(env: Mapping[str, Any]) -> None:

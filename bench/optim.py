@@ -232,6 +232,40 @@ class SlotOptimizer:
         else:
             self._hyper["lr"] = self._learning_rate.to(self._dtype).unsqueeze(1)
 
+    def gradients(self) -> torch.Tensor:
+        """The parameters' accumulated gradients as one flat ``[S, P]`` tensor (a copy; columns
+        in the order of `params`)."""
+        self._gather_grads()
+        return self.flat_grads.clone()
+
+    def columns(self, params: Iterable[torch.nn.Parameter]) -> torch.Tensor:
+        """Bool ``[P]``: the flat columns that hold `params` (some of this optimiser's)."""
+        wanted = {id(param) for param in params}
+        return torch.cat([torch.full((param[0].numel(),), id(param) in wanted,
+                                     dtype=torch.bool, device=self._device)
+                          for param in self.params])
+
+    def trial_step(self, grads: torch.Tensor) -> torch.Tensor:
+        """The parameter change ``[S, P]`` that one step on the flat gradients ``grads [S, P]``
+        would make for every slot, clipped as `step` clips, from the current optimiser state,
+        which is then put back bit for bit: nothing changes (the would-be steps of gradient
+        diagnostics). Divergence is not checked."""
+        saved_buffers, saved_counters = self._buffers.clone(), self._counters.clone()
+        before = self.flat_params.clone()
+        grads = grads.to(self._dtype).clone()
+        if self._max_norm is not None:
+            norm = torch.linalg.vector_norm(grads, dim=1, dtype=torch.float64)
+            scale = (self._max_norm / (norm + 1e-6)).clamp_(max=1.0)
+            grads.mul_(scale.to(self._dtype).unsqueeze(1))
+        if self.name == "adam":
+            self._counters.mul_(self._counter_decay)
+        self._counters.add_(self._counter_increment)
+        self._update(self._decayed(grads))
+        change = self.flat_params - before
+        self._buffers.copy_(saved_buffers)
+        self._counters.copy_(saved_counters)
+        return change
+
     def zero_grad(self) -> None:
         """Zero the parameters' gradients in place (never None, so backward accumulates)."""
         for param in self.params:

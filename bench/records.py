@@ -31,6 +31,9 @@ class PackRecorder:
     def add_updates(self, slot_index: np.ndarray, columns: dict[str, np.ndarray]) -> None:
         self._dispatch("add_updates", slot_index, columns)
 
+    def add_diagnostics(self, slot_index: np.ndarray, columns: dict[str, np.ndarray]) -> None:
+        self._dispatch("add_diagnostics", slot_index, columns)
+
     def _dispatch(self, method: str, slot_index: np.ndarray,
                   columns: dict[str, np.ndarray]) -> None:
         points = self.slots.point_index[slot_index]

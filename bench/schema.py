@@ -6,6 +6,9 @@ whole experiment; columns that do not apply to a row's kind are null.
 
 - ``kind == "episode"``: one row per finished training episode of one seed.
 - ``kind == "update"``: one row per gradient update of one seed.
+- ``kind == "diagnostics"``: gradient diagnostics (``diagnostics.every``, off by default): at a
+  probed update of one seed, one row per probe reduction, measured on the batch that update
+  trains on, against a reference gradient from independent episodes (`bench.diagnostics`).
 
 Besides the fixed columns below, a file has one column per swept config value (every Hydra
 override of the job other than group choices, seeds and output settings), named by its dotted
@@ -20,7 +23,10 @@ import hashlib
 import json
 from typing import Any
 
-SCHEMA_VERSION = 1
+# 2: the diagnostics kind and its columns. Version 1 files (without them) are still read, as
+# files without diagnostics rows.
+SCHEMA_VERSION = 2
+READABLE_SCHEMA_VERSIONS = (1, 2)
 
 # Values of the `reduction` column, in the order of DESIGN.md's table (bench.reductions
 # implements them; reports list them in this order).
@@ -36,6 +42,7 @@ REDUCTIONS = (
 
 KIND_EPISODE = "episode"
 KIND_UPDATE = "update"
+KIND_DIAGNOSTICS = "diagnostics"
 
 # Keys of the parquet file's key-value metadata (all values are UTF-8 strings).
 META_PREFIX = "bench."
@@ -50,6 +57,9 @@ VERSIONS_KEY = META_PREFIX + "versions"  # JSON {package: version}
 GIT_COMMIT_KEY = META_PREFIX + "git_commit"  # commit hash, "+dirty" when the tree had changes
 DEVICE_KEY = META_PREFIX + "device"
 HOST_KEY = META_PREFIX + "host"
+# The CPU model and the kernel set torch dispatches to (e.g. AVX512): float results are
+# bit-identical across machines only where both agree (absent in files written before it).
+CPU_KEY = META_PREFIX + "cpu"
 STARTED_AT_KEY = META_PREFIX + "started_at"  # ISO 8601, UTC
 FINISHED_AT_KEY = META_PREFIX + "finished_at"
 DIVERGED_SEEDS_KEY = META_PREFIX + "diverged_seeds"  # JSON list
@@ -108,11 +118,37 @@ UPDATE_COLUMNS: dict[str, str] = {
     "diverged": "bool",
 }
 
+# Diagnostics rows also fill `update` (the index of the update whose batch was probed, taken
+# before that update's step), `env_step`, `batch_steps` (sum_i T_i), `batch_trajectories` (N)
+# and `learning_rate`. Gradients are of the policy-gradient term -log pi(a|s) A alone, with
+# respect to every parameter the optimiser holds (entropy and value terms excluded; the
+# would-be step is computed on the policy's parameters only).
+DIAGNOSTICS_COLUMNS: dict[str, str] = {
+    # The reduction whose gradient this row measures (any of REDUCTIONS, whatever trains).
+    "probe_reduction": "string",
+    # Cosine between the probe's gradient on the training batch and the reference gradient
+    # (1/M) sum_i sum_t of M independent episodes under the same policy.
+    "grad_cosine": "float64",
+    # ||probe gradient|| / ||reference gradient||.
+    "grad_norm_ratio": "float64",
+    "reference_norm": "float64",  # ||reference gradient||
+    # Cosine between the parameter step the seed's optimiser would take on the probe gradient
+    # and the one it would take on the reference gradient (each from a copy of its state).
+    "step_cosine": "float64",
+    # From B independent training-sized batches: the mean pairwise cosine of the probe's B
+    # gradients (1: no direction noise), and the trace of their covariance (unbiased, 1/(B-1)).
+    "noise_cosine": "float64",
+    "noise_trace": "float64",
+    # Standard deviation of the trajectory lengths T_i in the probed batch (0: all equal).
+    "batch_length_std": "float64",
+}
+
 COLUMNS: dict[str, str] = {
     **IDENTITY_COLUMNS,
     **COMMON_COLUMNS,
     **EPISODE_COLUMNS,
     **UPDATE_COLUMNS,
+    **DIAGNOSTICS_COLUMNS,
 }
 
 # Columns whose values depend on wall-clock time, not on (config, seeds, device).

@@ -25,6 +25,10 @@ import torch
 # One spawn key per purpose; never renumber (it would change every result).
 STREAMS = {
     "policy_init": 0, "actions": 1, "env": 2, "value_init": 3, "torso_init": 4, "minibatches": 5,
+    # Gradient diagnostics' reference and noise batches (`bench.diagnostics`), never drawn by
+    # training (each purpose its own stream: a stream's first rows do not depend on how many
+    # it has, so two purposes sharing one would see the same episodes).
+    "reference_env": 6, "reference_actions": 7, "noise_env": 8, "noise_actions": 9,
 }
 _MASK32 = 0xFFFFFFFF
 # Odd multipliers below 2^31 (the first is lowbias32's, C. Wellons' hash-prospector): a 32-bit
@@ -48,9 +52,9 @@ def torch_generators(seeds: Sequence[int], stream: str) -> list[torch.Generator]
     return generators
 
 
-def env_reset_seeds(seed: int, num_envs: int) -> list[int]:
+def env_reset_seeds(seed: int, num_envs: int, stream: str = "env") -> list[int]:
     """Seeds for the first reset of each of a seed's `num_envs` gymnasium sub-environments."""
-    return [int(w) for w in stream_seed(seed, "env", words=num_envs)]
+    return [int(w) for w in stream_seed(seed, stream, words=num_envs)]
 
 
 def mix32(x: torch.Tensor) -> torch.Tensor:
@@ -134,8 +138,9 @@ class SeedNoise:
     # Steps of noise that `step` computes at once (one hash evaluation for all of them).
     BLOCK = 32
 
-    def __init__(self, seeds: Sequence[int], device: torch.device | str) -> None:
-        self.streams = CounterStreams.for_seeds(seeds, "actions", device)
+    def __init__(self, seeds: Sequence[int], device: torch.device | str,
+                 stream: str = "actions") -> None:
+        self.streams = CounterStreams.for_seeds(seeds, stream, device)
         self._rows = torch.arange(len(seeds), device=self.streams.device)
         self._block: torch.Tensor | None = None
         self._block_kind: tuple | None = None

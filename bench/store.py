@@ -48,10 +48,14 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 def run_key(resolved_config: Mapping[str, Any]) -> str:
     """16 hex digits of SHA-256 over the resolved config minus `NON_RESULT_KEYS` and
-    `ANALYSIS_ONLY_PATHS`: the values that decide what a job computes."""
+    `ANALYSIS_ONLY_PATHS` (and the `diagnostics` node when they are off): the values that
+    decide what a job computes."""
     identity = json.loads(json.dumps(
         {k: v for k, v in resolved_config.items() if k not in NON_RESULT_KEYS}
     ))
+    # Diagnostics off compute exactly what runs without the setting computed: same key.
+    if not (identity.get("diagnostics") or {}).get("every"):
+        identity.pop("diagnostics", None)
     for path in ANALYSIS_ONLY_PATHS:
         drop_path(identity, path)
     text = json.dumps(identity, sort_keys=True, separators=(",", ":"))
@@ -251,6 +255,22 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def cpu_description() -> str:
+    """'<CPU model> (torch <kernel set>)', e.g. 'Intel(R) Xeon(R) Processor (torch AVX512)':
+    what decides floating-point rounding on a CPU besides the code."""
+    import torch
+
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model} (torch {torch.backends.cpu.get_cpu_capability()})"
+
+
 def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -272,6 +292,7 @@ class RunRecorder:
         self.swept = dict(swept)
         self._episodes: list[dict[str, np.ndarray]] = []
         self._updates: list[dict[str, np.ndarray]] = []
+        self._diagnostics: list[dict[str, np.ndarray]] = []
 
     def add_episodes(self, seed_index: np.ndarray, columns: Mapping[str, np.ndarray]) -> None:
         """Episode rows: `seed_index` into the job's seed list, plus EPISODE/COMMON columns."""
@@ -283,12 +304,21 @@ class RunRecorder:
         if len(seed_index):
             self._updates.append({"seed": self.seeds[seed_index], **columns})
 
+    def add_diagnostics(self, seed_index: np.ndarray, columns: Mapping[str, np.ndarray]) -> None:
+        """Diagnostics rows: `seed_index` into the job's seed list, plus DIAGNOSTICS columns
+        (and update, env_step, learning_rate, batch_steps, batch_trajectories)."""
+        if len(seed_index):
+            self._diagnostics.append({"seed": self.seeds[seed_index], **columns})
+
     def table(self) -> pa.Table:
-        """All rows in the fixed schema plus swept columns, sorted by kind, seed, env_step."""
+        """All rows in the fixed schema plus swept columns, sorted by kind, seed, then episode
+        or update (diagnostics rows of one update in the order they were added)."""
         parts = [
             self._kind_table(schema.KIND_EPISODE, self._episodes, "episode"),
             self._kind_table(schema.KIND_UPDATE, self._updates, "update"),
         ]
+        if self._diagnostics:  # no diagnostics, no rows of that kind (as before they existed)
+            parts.append(self._kind_table(schema.KIND_DIAGNOSTICS, self._diagnostics, "update"))
         return pa.concat_tables(parts)
 
     def _kind_table(self, kind: str, chunks: list[dict[str, np.ndarray]], order: str) -> pa.Table:
@@ -376,6 +406,7 @@ def provenance(
         schema.GIT_COMMIT_KEY: git_commit(),
         schema.DEVICE_KEY: device,
         schema.HOST_KEY: socket.gethostname(),
+        schema.CPU_KEY: cpu_description(),
         schema.STARTED_AT_KEY: started_at,
         schema.FINISHED_AT_KEY: utc_now(),
         schema.DIVERGED_SEEDS_KEY: json.dumps(list(map(int, diverged_seeds))),

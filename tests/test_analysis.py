@@ -53,9 +53,12 @@ def write_result_file(
     diverged_seeds: tuple[int, ...] = (),
     schema_version: int = schema.SCHEMA_VERSION,
     file_name: str | None = None,
+    diagnostics: list[dict[str, Any]] | None = None,
 ) -> Path:
     """Write one results file as the trainer would: ``episodes`` are (seed, env_step, return);
-    each seed also gets one update row per 50 env steps. Returns the file's path."""
+    each seed also gets one update row per 50 env steps. ``diagnostics`` are the values of
+    gradient diagnostics rows (seed, update, env_step, probe_reduction, ...), written with the
+    run's identity columns. Returns the file's path."""
     swept = swept or {}
     identity = {
         "run_key": run_key,
@@ -103,6 +106,10 @@ def write_result_file(
         }
         for seed in seeds
         for step in range(50, total_steps + 1, 50)
+    ]
+    rows += [
+        {**identity, **swept, "kind": schema.KIND_DIAGNOSTICS, "learning_rate": lr, **values}
+        for values in diagnostics or []
     ]
     resolved = config or {
         "algo": {"name": algo},

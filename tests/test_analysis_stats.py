@@ -220,6 +220,18 @@ def test_analytic_intervals_behave_at_the_edges() -> None:
     assert value == 1.0 and np.isnan(none.low) and np.isnan(none.high)
 
 
+def test_studentized_interval_ignores_resamples_of_one_repeated_value() -> None:
+    """At 3 seeds a ninth of the resamples draw one seed three times; rounding can make their
+    standard error a tiny nonzero number (not 0) whose pivot must not reach the quantiles."""
+    x = np.array([0.1, 0.7, 0.45])
+    assert np.std([0.1] * 3, ddof=1) > 0  # the rounding the interval must see through
+    value, bounds = intervals.estimate(intervals.MEAN, [x], n_resamples=2000)
+    assert 0.1 - 1 < bounds.low < value < bounds.high < 0.7 + 1
+    _, difference = intervals.estimate(intervals.MEAN_DIFFERENCE, [x, x + 1], n_resamples=2000,
+                                       method="studentized")
+    assert -3 < difference.low < -1 < difference.high < 1
+
+
 def test_iqm_trims_exactly_a_quarter_from_each_end() -> None:
     values = np.arange(1.0, 11.0)  # 10 values: 2.5 from each end; 3 and 8 at weight 1/2
     assert intervals.iqm(values) == pytest.approx((0.5 * 3 + 4 + 5 + 6 + 7 + 0.5 * 8) / 5)

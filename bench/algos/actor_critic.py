@@ -26,6 +26,7 @@ import torch
 
 from bench import reductions
 from bench.advantages import Discount, generalized_advantages, normalize
+from bench.diagnostics import BatchShape, make_probe
 from bench.envs import Normalization, make_seed_envs
 from bench.loop import Bookkeeping, slot_optimizer, slot_reductions
 from bench.networks import ActorCritic
@@ -83,6 +84,20 @@ def train(slots: Slots, recorder: PackRecorder, progress: ProgressLine,
     num_rollouts = math.ceil(config["total_steps"] / steps_per_rollout)
     books = Bookkeeping(slots, recorder, progress)
 
+    def prepared(batch: Batch) -> tuple[Batch, torch.Tensor]:
+        """A batch and its advantages, normalised over the batch where the algorithm normalises
+        them at all (for gradient diagnostics)."""
+        rows = batch.slots
+        advantages = rollout_advantages(batch, net, gamma[rows], gae_lambda[rows])[0]
+        if algo["normalize_advantages"] != "none":
+            advantages = normalize(advantages, batch.valid)
+        return batch, advantages
+
+    probe = make_probe(
+        slots, recorder, optimizer, sampler=net, distribution=net.distribution, modules=(net,),
+        policy_params=[*net.torso.parameters(), *net.policy.parameters()], advantages=prepared,
+        batch_shape=BatchShape(num_envs=algo["num_envs"], steps_per_env=algo["rollout_steps"]))
+
     for rollout_index in range(num_rollouts):
         acting = ~books.diverged
         if not acting.any():
@@ -94,6 +109,10 @@ def train(slots: Slots, recorder: PackRecorder, progress: ProgressLine,
         # 1. Rollout.
         batch, finished = collector.collect(acting)
         books.episodes(finished)
+        # Gradient diagnostics (off by default): every reduction's gradient on this rollout,
+        # before the first epoch, against one from the probe's own episodes.
+        if probe is not None:
+            probe.measure(batch, collector.env_steps, books.updates_done)
 
         # 2. Advantages and returns with the critic before the update.
         advantages, returns, values = rollout_advantages(batch, net, gamma, gae_lambda)

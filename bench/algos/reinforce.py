@@ -36,6 +36,7 @@ from bench.advantages import (
     reward_to_go,
     spread_over_trajectory,
 )
+from bench.diagnostics import BatchShape, make_probe
 from bench.envs import make_seed_envs
 from bench.loop import Bookkeeping, slot_optimizer, slot_reductions
 from bench.networks import Policy, ValueFunction, only_slots
@@ -146,6 +147,21 @@ def train(slots: Slots, recorder: PackRecorder, progress: ProgressLine) -> np.nd
         collector = StepCollector(envs, policy, noise, algo["steps_per_update"], device)
     books = Bookkeeping(slots, recorder, progress)
 
+    def prepared(batch: Batch) -> tuple[Batch, torch.Tensor]:
+        """A batch as an update uses it, and its advantages (for gradient diagnostics)."""
+        if algo["cut_episode"] == "drop":
+            batch = drop_cut_segments(batch)
+        gamma = coefficients["gamma"][batch.slots]
+        return batch, returns_and_advantages(batch, critic, algo, gamma)[1]
+
+    probe = make_probe(
+        slots, recorder, optimizer, sampler=policy, distribution=policy.distribution,
+        modules=(policy, critic), policy_params=list(policy.parameters()), advantages=prepared,
+        batch_shape=BatchShape(episodes=algo["episodes_per_update"])
+        if algo["batch_unit"] == "episodes" else
+        BatchShape(num_envs=algo["num_envs"],
+                   steps_per_env=algo["steps_per_update"] // algo["num_envs"]))
+
     while True:
         # Slots that may start a batch; a slot with one in progress finishes it regardless.
         starting = ~books.diverged & (collector.env_steps < total_steps)
@@ -159,6 +175,10 @@ def train(slots: Slots, recorder: PackRecorder, progress: ProgressLine) -> np.nd
         if algo["cut_episode"] == "drop":
             batch = drop_cut_segments(batch)
         books.episodes(finished)
+        # Gradient diagnostics (off by default): every reduction's gradient on this batch,
+        # before the update, against one from the probe's own episodes.
+        if probe is not None:
+            probe.measure(batch, collector.env_steps, books.updates_done)
 
         # 2-5 compute the batch's rows only, the slots `batch.slots`: their coefficients,
         # reductions and networks.

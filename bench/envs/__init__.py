@@ -60,14 +60,16 @@ def make_seed_envs(
     num_envs: int,
     device: torch.device,
     normalization: Normalization = Normalization(),
+    stream: str = "env",
 ) -> SeedEnvs | TorchSeedEnvs:
-    """S x `num_envs` sub-environments of the configured environment and backend."""
+    """S x `num_envs` sub-environments of the configured environment and backend, their
+    resets drawn from `stream` (`bench.seeding.STREAMS`)."""
     check_backend(env_cfg)
     spec = describe(env_cfg)
     kwargs = dict(env_cfg["kwargs"] or {})
     if env_cfg["backend"] == "torch":
-        return TorchSeedEnvs(spec, seeds, num_envs, kwargs, normalization, device)
-    return SeedEnvs(spec, seeds, num_envs, kwargs, normalization, device)
+        return TorchSeedEnvs(spec, seeds, num_envs, kwargs, normalization, device, stream)
+    return SeedEnvs(spec, seeds, num_envs, kwargs, normalization, device, stream)
 
 
 __all__ = [

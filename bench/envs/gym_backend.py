@@ -137,7 +137,9 @@ class SeedEnvs:
         kwargs: dict | None = None,
         normalization: Normalization = Normalization(),
         device: torch.device | str = "cpu",
+        stream: str = "env",
     ) -> None:
+        """`stream`: the `bench.seeding` stream of the first resets' seeds."""
         self.spec = spec
         self.seeds = list(seeds)
         self.num_envs = num_envs
@@ -157,7 +159,7 @@ class SeedEnvs:
         shape = (len(self.seeds), num_envs)
         self._obs = np.zeros((*shape, spec.obs_dim), dtype=np.float32)
         for s, (seed, vector_env) in enumerate(zip(self.seeds, self.vector_envs, strict=True)):
-            self._obs[s], _ = vector_env.reset(seed=env_reset_seeds(seed, num_envs))
+            self._obs[s], _ = vector_env.reset(seed=env_reset_seeds(seed, num_envs, stream))
 
     @property
     def obs(self) -> torch.Tensor:

@@ -83,7 +83,9 @@ class TorchSeedEnvs:
         kwargs: dict | None = None,
         normalization: Normalization = Normalization(),
         device: torch.device | str = "cpu",
+        stream: str = "env",
     ) -> None:
+        """`stream`: the `bench.seeding` stream of the reset states (its own per purpose)."""
         self.spec = spec
         self.seeds = list(seeds)
         self.num_envs = num_envs
@@ -95,7 +97,7 @@ class TorchSeedEnvs:
         self.skip_idle_resets = self.device.type == "cpu"
         self.dynamics = make_classic_control(spec.gym_id, len(self.seeds) * num_envs,
                                              self.device, kwargs)
-        self.resets = CounterStreams.for_seeds(self.seeds, "env", self.device,
+        self.resets = CounterStreams.for_seeds(self.seeds, stream, self.device,
                                                rows_per_seed=num_envs)
         self.elapsed = torch.zeros(self.shape, dtype=torch.int64, device=self.device)
         if normalization.observation:
