@@ -129,8 +129,10 @@ def assert_state_matches(optimizer: SlotOptimizer, slot: int, reference: torch.o
         for tensor, start, stop in zip(single, offsets[:-1], offsets[1:], strict=True):
             value = reference.state[tensor].get(name)
             if value is not None:
+                # float32 state after several steps of differently ordered (and, on AVX512
+                # machines, differently fused) operations: a few tens of ulps apart.
                 torch.testing.assert_close(flat[start:stop].view(tensor.shape), value,
-                                           rtol=1e-6, atol=1e-7)
+                                           rtol=1e-5, atol=1e-6)
 
 
 @contextmanager
