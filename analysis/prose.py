@@ -498,7 +498,10 @@ GRADIENT_MEASURES_TEXT = (
     "reduction implies at a given learning rate, relative to the textbook estimator's.",
     "`step_cosine`: cosine between the parameter steps the seed's optimiser would take on the "
     "probe and on the reference gradient (each from a copy of its state): what the optimiser "
-    "makes of the direction (under Adam, a gradient's scale barely matters).",
+    "makes of the direction. Under SGD without momentum it equals `grad_cosine`; under Adam "
+    "the moments carry the scale of the reduction the seed trains with, so one step on a "
+    "gradient of another scale (e.g. `sum` where `mean` trains) points elsewhere than a "
+    "rescaled run of that reduction would.",
     "`noise_cosine`: mean pairwise cosine of the probe's gradients over B independent "
     "training-sized batches (1: no direction noise); the rows also hold `noise_trace`, the "
     "trace of their covariance, and `batch_length_std`, the spread of T_i in the batch.",
