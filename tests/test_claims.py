@@ -191,3 +191,14 @@ def test_verify_compare_lists_every_difference() -> None:
     result = verify.compare(fresh, evidence, ["env"])
 
     assert result["match"].tolist() == [False, False, True, False]
+
+
+def test_citation_names_the_suite_version_and_readme_the_evidence_commits() -> None:
+    """CITATION.cff carries pyproject's version (one value, checked here, since the file format
+    cannot refer to it); README's generated section lists each evidence folder's commits."""
+    citation = (REPO_ROOT / "CITATION.cff").read_text()
+    assert f"\nversion: {findings.suite_version()}\n" in citation
+    section = findings.render()
+    for folder, commits in findings.evidence_commits().items():
+        assert commits != "not recorded"
+        assert f"- `{folder}`: made at commit {commits}" in section
