@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 import sys
-import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -49,7 +48,9 @@ def evidence_commits(findings_dir: Path = FINDINGS_DIR) -> dict[str, str]:
 
 def suite_version(pyproject: Path = REPO_ROOT / "pyproject.toml") -> str:
     """The suite's version (pyproject.toml; CITATION.cff carries the same)."""
-    return tomllib.loads(pyproject.read_text())["project"]["version"]
+    # (a regex, not tomllib: that needs Python 3.11, and the project supports 3.10)
+    match = re.search(r'^version = "([^"]+)"', pyproject.read_text(), flags=re.MULTILINE)
+    return match.group(1) if match else "unknown"
 
 
 def render(findings_dir: Path = FINDINGS_DIR) -> str:
