@@ -277,8 +277,10 @@ class GradientProbe:
         rows = training.slots  # [R] slot indices, ascending
         index = rows.cpu().numpy()
 
+        with only_slots(rows, *self.modules):
+            training, advantages = self.advantages(training)  # the steps it trains on
         reference = self._reference_gradients(due)[rows]
-        probes = self._gradients(training, PROBE_REDUCTIONS)
+        probes = self.gradients(training, advantages, self._per_reduction(rows, PROBE_REDUCTIONS))
         noise_names = sorted(set(NOISE_SOURCE.values()))
         noise = [self._gradients(part, noise_names) for part in self._noise_batches(due)]
         reference_step = self._would_step(reference, rows)
@@ -289,8 +291,6 @@ class GradientProbe:
             for name, value in values.items():
                 columns.setdefault(name, []).append(np.asarray(value))
 
-        with only_slots(rows, *self.modules):
-            training, _ = self.advantages(training)  # the steps it trains on
         lengths = trajectory_lengths(training.valid, training.trajectory)
         batch_steps = training.valid.sum(dim=1).cpu().numpy()
         batch_trajectories = (lengths > 0).sum(dim=1).cpu().numpy()
@@ -325,12 +325,15 @@ class GradientProbe:
     def _gradients(self, batch: Batch, names: Sequence[str]) -> dict[str, torch.Tensor]:
         """Each named probe reduction's gradient on `batch` (prepared the algorithm's way for
         its rows' slots): ``[R, P_policy]`` each."""
-        rows = batch.slots
-        with only_slots(rows, *self.modules):
+        with only_slots(batch.slots, *self.modules):
             batch, advantages = self.advantages(batch)
-        per_reduction = {name: SlotReductions(tuple(
-            self.probe_reductions[name][i] for i in rows.tolist())) for name in names}
-        return self.gradients(batch, advantages, per_reduction)
+        return self.gradients(batch, advantages, self._per_reduction(batch.slots, names))
+
+    def _per_reduction(self, rows: torch.Tensor, names: Sequence[str]
+                       ) -> dict[str, SlotReductions]:
+        """The named probe reductions of the slots ``rows [R]``."""
+        return {name: SlotReductions(tuple(self.probe_reductions[name][i] for i in rows.tolist()))
+                for name in names}
 
     def _reference_gradients(self, due: np.ndarray) -> torch.Tensor:
         """g* of every slot ``[S, P_policy]`` (rows of slots not `due` are zero): traj_mean
