@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import intervals, metrics
-from analysis.load import Dataset, cell_columns, load_dataset
+from analysis.load import SUMMARY_UPDATE_COLUMNS, Dataset, cell_columns, load_dataset
 from analysis.references import ReferenceScores, reference_scores
 from analysis.settings import ReportSettings
 
@@ -166,7 +166,7 @@ def per_seed_metrics(
     """The per-seed metrics of an experiment directory (``results/<name>``), as the report
     computes them (its ``per_seed_metrics.csv``)."""
     settings = settings or ReportSettings()
-    dataset = load_dataset(experiment_dir)
+    dataset = load_dataset(experiment_dir, update_columns=SUMMARY_UPDATE_COLUMNS)
     return compute_cell_metrics(dataset, settings, reference_scores(dataset.runs)).per_seed
 
 

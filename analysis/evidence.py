@@ -29,7 +29,7 @@ from analysis import metrics
 from analysis.cells import run_total_steps
 from analysis.cli import ArgumentParser
 from analysis.formatting import value_counts_text
-from analysis.load import Dataset, DatasetError, cell_columns, load_dataset
+from analysis.load import SUMMARY_UPDATE_COLUMNS, Dataset, DatasetError, cell_columns, load_dataset
 
 CURVE_POINTS = 20
 REPORT_FILES = ("per_seed_metrics.csv", "summary.csv", "claims.csv")
@@ -76,7 +76,7 @@ def write_evidence(experiment_dir: Path, destination: Path, command: str) -> lis
         if path.name.startswith(KEPT_FIGURES):
             written.append(Path(shutil.copy2(path, destination / path.name)))
     written.append(Path(shutil.copy2(report / "index.md", destination / "report.md")))
-    dataset = load_dataset(experiment_dir)
+    dataset = load_dataset(experiment_dir, update_columns=SUMMARY_UPDATE_COLUMNS)
     curves = downsampled_curves(dataset)
     curves.to_csv(destination / "curves.csv", index=False, float_format="%.6g")
     written.append(destination / "curves.csv")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,12 @@ DIAGNOSTICS_FRAME_COLUMNS: tuple[str, ...] = (
     "learning_rate",
     *schema.DIAGNOSTICS_COLUMNS,
 )
+
+
+# The update columns the report, the evidence export and `make verify` read: when each run
+# ended and which seeds diverged where (`analysis.cells`). Loading only these keeps a stepwise
+# study's update rows (one per env step and seed) within memory.
+SUMMARY_UPDATE_COLUMNS: tuple[str, ...] = ("run_key", "seed", "env_step", "diverged")
 
 
 class DatasetError(Exception):
@@ -116,7 +122,8 @@ class Dataset:
     - ``episodes``: one row per finished episode (identity, common and episode columns, then the
       swept columns);
     - ``updates``: one row per gradient update (identity, common and update columns, then the
-      swept columns);
+      swept columns; only the columns asked for when `load_dataset` was given
+      ``update_columns``);
     - ``diagnostics``: one row per probe reduction at each probed update of a seed
       (`DIAGNOSTICS_FRAME_COLUMNS`, then the swept columns); empty, with those columns, when
       no file has gradient diagnostics;
@@ -218,7 +225,9 @@ def read_result_file(path: Path) -> ResultFile:
     )
 
 
-def load_dataset(experiment_dir: Path | str) -> Dataset:
+def load_dataset(
+    experiment_dir: Path | str, update_columns: Sequence[str] | None = None
+) -> Dataset:
     """Load every results file of ``<experiment_dir>/data`` into one `Dataset`.
 
     Invalid files are skipped with a `SkippedFileWarning` and listed in `Dataset.skipped`. Each
@@ -229,7 +238,20 @@ def load_dataset(experiment_dir: Path | str) -> Dataset:
     resolved config where the dotted path exists there, and is missing (NaN) otherwise. Raises
     `DatasetError` naming the path when the experiment or its data directory does not exist, or
     holds no results file, or no valid one.
+
+    ``update_columns``: None loads every update column and the swept columns
+    (`UPDATE_FRAME_COLUMNS`); a sequence (e.g. `SUMMARY_UPDATE_COLUMNS`) loads only those
+    columns of the update rows, which is what keeps a stepwise study (one update row per env
+    step: tens of millions of rows) within memory. Files are read one at a time and only their
+    frames are kept, so memory holds the frames, not every file's whole table.
     """
+    if update_columns is not None:
+        unknown = [c for c in update_columns if c not in UPDATE_FRAME_COLUMNS]
+        if unknown:
+            raise ValueError(
+                f"unknown update column(s) {', '.join(map(repr, unknown))}; valid choices: "
+                f"{', '.join(UPDATE_FRAME_COLUMNS)}"
+            )
     if not Path(experiment_dir).is_dir():
         raise DatasetError(f"experiment directory not found: {experiment_dir}")
     directory = data_dir(experiment_dir)
@@ -239,7 +261,7 @@ def load_dataset(experiment_dir: Path | str) -> Dataset:
     if not paths:
         raise DatasetError(f"no results files (*.parquet) in {directory}")
 
-    files: list[ResultFile] = []
+    files: list[_LoadedFile] = []
     skipped: list[SkippedFile] = []
     duplicates: list[DuplicateSeeds] = []
     loaded_seeds: dict[tuple[str, int], Path] = {}
@@ -261,28 +283,35 @@ def load_dataset(experiment_dir: Path | str) -> Dataset:
                 DuplicateSeedsWarning,
                 stacklevel=2,
             )
-        files.append(result)
+        files.append(_load_file(result, update_columns))
+        del result  # its table: only the frames above are kept
     if not files:
         reasons = "; ".join(f"{s.path.name}: {s.reason}" for s in skipped)
         raise DatasetError(f"no valid results files in {directory} ({reasons})")
 
-    swept_columns = tuple(dict.fromkeys(c for f in files for c in f.swept_columns))
-    episodes = _concat(
-        _rows_of_kind(f, schema.KIND_EPISODE, EPISODE_FRAME_COLUMNS, swept_columns) for f in files
-    )
-    updates = _concat(
-        _rows_of_kind(f, schema.KIND_UPDATE, UPDATE_FRAME_COLUMNS, swept_columns) for f in files
-    )
-    diagnostics = _concat(
-        _rows_of_kind(f, schema.KIND_DIAGNOSTICS, DIAGNOSTICS_FRAME_COLUMNS, swept_columns)
-        for f in files
-    )
+    swept_columns = tuple(dict.fromkeys(c for f in files for c in f.result.swept_columns))
+    frame_columns = {
+        schema.KIND_EPISODE: (EPISODE_FRAME_COLUMNS, swept_columns),
+        schema.KIND_UPDATE: (
+            (UPDATE_FRAME_COLUMNS, swept_columns)
+            if update_columns is None
+            else (tuple(update_columns), ())
+        ),
+        schema.KIND_DIAGNOSTICS: (DIAGNOSTICS_FRAME_COLUMNS, swept_columns),
+    }
+    frames = {
+        kind: _concat(
+            _with_swept_columns(f.frames.pop(kind), f.result, columns, swept)
+            for f in files
+        )
+        for kind, (columns, swept) in frame_columns.items()
+    }
     runs = pd.DataFrame([_run_record(f, swept_columns) for f in files])
     return Dataset(
         experiment_dir=Path(experiment_dir),
-        episodes=episodes,
-        updates=updates,
-        diagnostics=diagnostics,
+        episodes=frames[schema.KIND_EPISODE],
+        updates=frames[schema.KIND_UPDATE],
+        diagnostics=frames[schema.KIND_DIAGNOSTICS],
         runs=runs,
         swept_columns=swept_columns,
         skipped=skipped,
@@ -375,16 +404,52 @@ def _claim_seeds(
     return restricted, duplicates
 
 
-def _rows_of_kind(
-    result: ResultFile, kind: str, columns: Iterable[str], swept_columns: tuple[str, ...]
+@dataclass
+class _LoadedFile:
+    """What `load_dataset` keeps of one file: its frames per kind (with the file's own swept
+    columns), its row count per kind, and the file with its table cut to the first row (the
+    rest of the rows live in the frames only)."""
+
+    result: ResultFile
+    frames: dict[str, pd.DataFrame]
+    rows_by_kind: dict[str, int]
+
+
+def _load_file(result: ResultFile, update_columns: Sequence[str] | None) -> _LoadedFile:
+    """Split one validated file into its frames per kind; ``update_columns`` as in
+    `load_dataset`."""
+    table = result.table
+    own_swept = list(result.swept_columns)
+    kinds = {
+        schema.KIND_EPISODE: [*EPISODE_FRAME_COLUMNS, *own_swept],
+        schema.KIND_UPDATE: (
+            [*UPDATE_FRAME_COLUMNS, *own_swept] if update_columns is None else list(update_columns)
+        ),
+        schema.KIND_DIAGNOSTICS: [*DIAGNOSTICS_FRAME_COLUMNS, *own_swept],
+    }
+    frames = {}
+    for kind, columns in kinds.items():
+        frame = table.filter(pc.equal(table["kind"], kind)).select(columns).to_pandas()
+        for column in own_swept:
+            if column in frame and frame[column].dtype == object:
+                frame[column] = frame[column].map(_as_group_key)
+        frames[kind] = frame
+    kind_counts = pc.value_counts(table["kind"]).to_pylist()
+    return _LoadedFile(
+        result=replace(result, table=table.slice(0, 1)),
+        frames=frames,
+        rows_by_kind={entry["values"]: entry["counts"] for entry in kind_counts},
+    )
+
+
+def _with_swept_columns(
+    frame: pd.DataFrame,
+    result: ResultFile,
+    columns: Iterable[str],
+    swept_columns: tuple[str, ...],
 ) -> pd.DataFrame:
-    """The file's rows of one kind, with ``columns`` and every swept column of the dataset."""
-    rows = result.table.filter(pc.equal(result.table["kind"], kind))
-    own_swept = [c for c in swept_columns if c in result.swept_columns]
-    frame = rows.select([*columns, *own_swept]).to_pandas()
-    for column in own_swept:
-        if frame[column].dtype == object:
-            frame[column] = frame[column].map(_as_group_key)
+    """A file's frame with ``columns`` and then ``swept_columns`` (the dataset's): a swept
+    column the file lacks is filled from its config (NaN where the config has no such path)."""
     for column in swept_columns:
         if column not in result.swept_columns:
             value = _as_group_key(config_value(result.config, column))
@@ -417,13 +482,12 @@ def _swept_value(result: ResultFile, column: str) -> Any:
     return _as_group_key(config_value(result.config, column))
 
 
-def _run_record(result: ResultFile, swept_columns: tuple[str, ...]) -> dict[str, Any]:
+def _run_record(loaded: _LoadedFile, swept_columns: tuple[str, ...]) -> dict[str, Any]:
     """One row of `Dataset.runs`: the file, its metadata, and its identity and swept values."""
+    result, rows_by_kind = loaded.result, loaded.rows_by_kind
     metadata = result.metadata
     first_row = result.table.slice(0, 1).select(list(CELL_IDENTITY_COLUMNS)).to_pylist()
     identity = first_row[0] if first_row else dict.fromkeys(CELL_IDENTITY_COLUMNS)
-    kind_counts = pc.value_counts(result.table["kind"]).to_pylist()
-    rows_by_kind = {entry["values"]: entry["counts"] for entry in kind_counts}
     return {
         "path": str(result.path),
         "run_key": metadata.get(schema.RUN_KEY_KEY),

@@ -42,7 +42,14 @@ from analysis.cli import ArgumentParser
 from analysis.document import to_html, to_markdown
 from analysis.exports import write_aggregate_table, write_gradient_tables, write_table
 from analysis.gradients import gradient_results
-from analysis.load import Dataset, DatasetError, SkippedFileWarning, cell_columns, load_dataset
+from analysis.load import (
+    SUMMARY_UPDATE_COLUMNS,
+    Dataset,
+    DatasetError,
+    SkippedFileWarning,
+    cell_columns,
+    load_dataset,
+)
 from analysis.prose import aggregate_caption, gradient_caption, report_blocks, verdict_table
 from analysis.references import reference_scores
 from analysis.settings import ReportSettings
@@ -154,7 +161,7 @@ def write_report(experiment_dir: Path, settings: ReportSettings | None = None) -
     the report folder cannot be written."""
     settings = settings or ReportSettings()
     experiment_dir = Path(experiment_dir)
-    dataset = load_dataset(experiment_dir)
+    dataset = load_dataset(experiment_dir, update_columns=SUMMARY_UPDATE_COLUMNS)
     final = experiment_dir / REPORT_DIRNAME
     staging = experiment_dir / f".{REPORT_DIRNAME}.tmp-{os.getpid()}"
     previous = experiment_dir / f".{REPORT_DIRNAME}.old-{os.getpid()}"

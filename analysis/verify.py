@@ -31,7 +31,7 @@ import pandas as pd
 from analysis.cells import compute_cell_metrics
 from analysis.cli import ArgumentParser
 from analysis.evidence import MACHINE_FILE
-from analysis.load import DatasetError, cell_columns, load_dataset
+from analysis.load import SUMMARY_UPDATE_COLUMNS, DatasetError, cell_columns, load_dataset
 from analysis.references import reference_scores
 from analysis.settings import ReportSettings
 
@@ -91,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"analysis.verify: error: the slice failed (exit {error.returncode})",
                   file=sys.stderr)
             return EXIT_USAGE
-        dataset = load_dataset(experiment_dir)
+        dataset = load_dataset(experiment_dir, update_columns=SUMMARY_UPDATE_COLUMNS)
         fresh = compute_cell_metrics(dataset, ReportSettings(),
                                      reference_scores(dataset.runs)).per_seed
         result = compare(fresh, evidence, cell_columns(dataset))

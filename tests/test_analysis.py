@@ -19,6 +19,7 @@ import yaml
 
 from analysis import intervals, metrics
 from analysis.load import (
+    SUMMARY_UPDATE_COLUMNS,
     DatasetError,
     DuplicateSeedsWarning,
     SkippedFileWarning,
@@ -194,6 +195,32 @@ def test_load_unifies_files_with_different_swept_columns(tmp_path: Path) -> None
     assert runs.loc["run_b", "algo.gamma"] == 0.99
     assert runs.loc["run_a", "versions"] == {"torch": "2.9.0", "numpy": "2.4.6"}
     assert dataset.skipped == []
+
+
+def test_load_with_summary_update_columns(tmp_path: Path) -> None:
+    """`update_columns` loads only those update columns (the report's way to hold a stepwise
+    study); every other frame and the runs table are what a full load gives; a bad column name
+    is refused with the valid choices."""
+    data = tmp_path / "data"
+    for name, gamma in (("run_a", 0.9), ("run_b", 0.99)):
+        write_result_file(
+            data,
+            name,
+            [0, 1],
+            [(0, 10, 1.0), (1, 10, 2.0)],
+            swept={"algo.gamma": gamma},
+            config={"algo": {"gamma": gamma}, "total_steps": 100},
+        )
+    full = load_dataset(tmp_path)
+    summary = load_dataset(tmp_path, update_columns=SUMMARY_UPDATE_COLUMNS)
+
+    assert list(summary.updates.columns) == list(SUMMARY_UPDATE_COLUMNS)
+    pd.testing.assert_frame_equal(summary.updates, full.updates[list(SUMMARY_UPDATE_COLUMNS)])
+    pd.testing.assert_frame_equal(summary.episodes, full.episodes)
+    pd.testing.assert_frame_equal(summary.runs, full.runs)
+    assert full.runs["n_updates"].tolist() == [4, 4]
+    with pytest.raises(ValueError, match="unknown update column.*'loss_typo'.*valid choices"):
+        load_dataset(tmp_path, update_columns=("run_key", "loss_typo"))
 
 
 def test_invalid_files_are_skipped_and_reported(tmp_path: Path) -> None:
