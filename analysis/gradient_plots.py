@@ -21,17 +21,17 @@ from matplotlib.ticker import EngFormatter, FuncFormatter, LogLocator, NullForma
 from analysis.plots import (
     AXES_RESERVE_INCHES,
     IdenticalCurves,
-    _draw_curves,
-    _facet_grid,
-    _facet_width,
-    _header,
-    _reduction_legend,
-    _set_title,
+    draw_curves,
+    facet_grid,
+    fitting_facet_width,
+    header,
     legend_label,
     ordered_reductions,
+    reduction_legend,
     reduction_styles,
     save_figure,
     seeds_label,
+    set_title,
 )
 
 
@@ -63,14 +63,14 @@ def plot_probe_curves(
     ``algo``, ``reduction`` (the probe), ``env_step``, ``value``, ``low``, ``high`` and
     ``n_seeds`` (`analysis.gradients.gradient_curves`). ``band_label`` says in the header what
     line and band are. With ``log_y`` the y axis is logarithmic. Identical curves in a facet
-    share one line and band (`analysis.plots._draw_curves`), which the legend and header say.
+    share one line and band (`analysis.plots.draw_curves`), which the legend and header say.
     Writes PNG and PDF; returns their paths.
     """
     envs, algos, titles = _facets(curves)
     reductions = ordered_reductions(curves["reduction"].unique())
     styles = reduction_styles(reductions)
-    facet_width = _facet_width(list(titles.values()))
-    figure, axes = _facet_grid(len(envs), len(algos), facet_width=facet_width, sharex="row")
+    facet_width = fitting_facet_width(list(titles.values()))
+    figure, axes = facet_grid(len(envs), len(algos), facet_width=facet_width, sharex="row")
     identical = IdenticalCurves()
     for (row, env), (column, algo) in itertools.product(enumerate(envs), enumerate(algos)):
         ax = axes[row, column]
@@ -78,10 +78,10 @@ def plot_probe_curves(
         if facet.empty:
             ax.text(0.5, 0.5, "no probes", ha="center", va="center", transform=ax.transAxes)
         else:
-            groups = _draw_curves(ax, facet, "env_step", styles, reductions, band_alpha=0.2)
+            groups = draw_curves(ax, facet, "env_step", styles, reductions, band_alpha=0.2)
             identical.record(titles[env, algo], groups)
         _style_axes(ax, log_y)
-        _set_title(ax, titles[env, algo], facet_width, AXES_RESERVE_INCHES)
+        set_title(ax, titles[env, algo], facet_width, AXES_RESERVE_INCHES)
         if row == len(envs) - 1:
             ax.set_xlabel("environment steps")
         if column == 0:
@@ -90,9 +90,9 @@ def plot_probe_curves(
         r: legend_label(f"{r} ({seeds_label(_seed_counts(curves, r))})", identical.legend_note(r))
         for r in reductions
     }
-    _reduction_legend(figure, styles, labels, columns=2 * len(algos))
+    reduction_legend(figure, styles, labels, columns=2 * len(algos))
     figure.legends[-1].set_title("probe reduction")
-    _header(figure, [title, band_label, identical.note()])
+    header(figure, [title, band_label, identical.note()])
     return save_figure(figure, path_stem)
 
 
@@ -132,8 +132,8 @@ def plot_norm_ratio_vs_length(
     envs, algos, titles = _facets(points)
     reductions = list(reductions or ordered_reductions(points["reduction"].unique()))
     styles = reduction_styles(reductions)
-    facet_width = _facet_width(list(titles.values()))
-    figure, axes = _facet_grid(len(envs), len(algos), facet_width=facet_width)
+    facet_width = fitting_facet_width(list(titles.values()))
+    figure, axes = facet_grid(len(envs), len(algos), facet_width=facet_width)
     for (row, env), (column, algo) in itertools.product(enumerate(envs), enumerate(algos)):
         ax = axes[row, column]
         in_facet = (points["env"].astype(str) == env) & (points["algo"].astype(str) == algo)
@@ -158,15 +158,15 @@ def plot_norm_ratio_vs_length(
         if not positive.empty:
             _log_axes(ax)
         ax.grid(True, which="major", alpha=0.3)
-        _set_title(ax, titles[env, algo], facet_width, AXES_RESERVE_INCHES)
+        set_title(ax, titles[env, algo], facet_width, AXES_RESERVE_INCHES)
         if row == len(envs) - 1:
             ax.set_xlabel("mean trajectory length sum T_i / N (log scale)")
         if column == 0:
             ax.set_ylabel("||probe|| / ||reference|| (log scale)")
     counts = points.groupby("reduction").size()
     labels = {r: f"{r} ({int(counts.get(r, 0))} probes)" for r in reductions}
-    _reduction_legend(figure, styles, labels, columns=2 * len(algos))
+    reduction_legend(figure, styles, labels, columns=2 * len(algos))
     figure.legends[-1].set_title("probe reduction")
-    _header(figure, [title])
+    header(figure, [title])
     return save_figure(figure, path_stem)
 

@@ -289,14 +289,16 @@ def wrap_text(text: str, width_inches: float, fontsize: str | float = TITLE_FONT
     return "\n".join(lines)
 
 
-def _facet_width(titles: Sequence[str], reserve_inches: float = AXES_RESERVE_INCHES) -> float:
+def fitting_facet_width(
+    titles: Sequence[str], reserve_inches: float = AXES_RESERVE_INCHES
+) -> float:
     """A facet width that fits the widest title line unwrapped, between the default width and
     `MAX_FACET_WIDTH_INCHES`."""
     widest = max((text_width_inches(t) for t in titles), default=0.0)
     return float(np.clip(widest + reserve_inches, FACET_SIZE_INCHES[0], MAX_FACET_WIDTH_INCHES))
 
 
-def _header(figure: Figure, lines: Sequence[str]) -> None:
+def header(figure: Figure, lines: Sequence[str]) -> None:
     """The figure's suptitle: ``lines`` (empty ones dropped) wrapped to the figure's width,
     with the figure grown by the height of the lines."""
     text = "\n".join(line for line in lines if line)
@@ -306,11 +308,12 @@ def _header(figure: Figure, lines: Sequence[str]) -> None:
     figure.suptitle(wrapped, fontsize=TITLE_FONTSIZE)
 
 
-def _set_title(axes: Axes, title: str, facet_width: float, reserve: float) -> None:
+def set_title(axes: Axes, title: str, facet_width: float, reserve: float) -> None:
+    """A facet's title, wrapped to the facet's width less ``reserve`` inches."""
     axes.set_title(wrap_text(title, facet_width - reserve), fontsize=TITLE_FONTSIZE)
 
 
-def _facet_grid(
+def facet_grid(
     rows: int,
     columns: int,
     legend_inches: float = 1.4,
@@ -326,7 +329,7 @@ def _facet_grid(
     return figure, figure.subplots(rows, columns, squeeze=False, **subplots)
 
 
-def _draw_curves(
+def draw_curves(
     axes: Axes,
     facet: pd.DataFrame,
     x: str,
@@ -392,7 +395,7 @@ def plot_convergence(
     ``reduction``, ``env_step``, ``value`` (the mean over seeds), ``low`` and ``high`` (the
     Student t band over seeds) and ``n_seeds``: the output of `analysis.metrics.curve_band` per
     cell. Each reduction is one line with its shaded band; reductions with identical curves in
-    a facet share one line and band (see `_draw_curves`), which the legend and the header say.
+    a facet share one line and band (see `draw_curves`), which the legend and the header say.
     The legend gives the number of seeds. Writes ``<path_stem>.png`` and ``<path_stem>.pdf``
     and returns their paths.
     """
@@ -401,8 +404,8 @@ def plot_convergence(
     reductions = ordered_reductions(bands["reduction"].unique())
     styles = reduction_styles(reductions)
     titles = {(e, a): f"{e} \u00b7 {a}" for e, a in itertools.product(envs, algos)}
-    facet_width = _facet_width(list(titles.values()))
-    figure, axes = _facet_grid(
+    facet_width = fitting_facet_width(list(titles.values()))
+    figure, axes = facet_grid(
         len(envs), len(algos), facet_width=facet_width, sharex="row", sharey="row"
     )
     identical = IdenticalCurves()
@@ -411,7 +414,7 @@ def plot_convergence(
             ax = axes[row, column]
             facet = bands[(bands["env"] == env) & (bands["algo"] == algo)]
             identical.record(titles[env, algo], _draw_facet(ax, facet, styles, reductions))
-            _set_title(ax, titles[env, algo], facet_width, AXES_RESERVE_INCHES)
+            set_title(ax, titles[env, algo], facet_width, AXES_RESERVE_INCHES)
             if row == len(envs) - 1:
                 ax.set_xlabel("environment steps")
             if column == 0:
@@ -420,8 +423,8 @@ def plot_convergence(
         r: legend_label(f"{r} ({seeds_label(_seed_counts(bands, r))})", identical.legend_note(r))
         for r in reductions
     }
-    _reduction_legend(figure, styles, labels, columns=2 * len(algos))
-    _header(
+    reduction_legend(figure, styles, labels, columns=2 * len(algos))
+    header(
         figure,
         [
             title,
@@ -456,7 +459,7 @@ def _draw_facet(
     if facet.empty:
         axes.text(0.5, 0.5, "no runs", ha="center", va="center", transform=axes.transAxes)
         return []
-    groups = _draw_curves(axes, facet, "env_step", styles, reductions, band_alpha=0.2)
+    groups = draw_curves(axes, facet, "env_step", styles, reductions, band_alpha=0.2)
     axes.xaxis.set_major_formatter(EngFormatter(sep=""))
     axes.grid(True, alpha=0.3)
     axes.set_xlim(left=0)
@@ -467,7 +470,7 @@ def _draw_facet(
     return groups
 
 
-def _reduction_legend(
+def reduction_legend(
     figure: Figure, styles: dict[str, CurveStyle], labels: dict[str, str], columns: int
 ) -> None:
     """One legend entry (colour, line style and marker) per reduction, below the facets."""
@@ -512,8 +515,8 @@ def plot_lr_sensitivity(
     reductions = ordered_reductions(points["reduction"].unique())
     styles = reduction_styles(reductions)
     titles = {(r, c): f"{r} \u00b7 {c}" for r, c in itertools.product(rows, columns)}
-    facet_width = _facet_width(list(titles.values()))
-    figure, axes = _facet_grid(len(rows), len(columns), facet_width=facet_width)
+    facet_width = fitting_facet_width(list(titles.values()))
+    figure, axes = facet_grid(len(rows), len(columns), facet_width=facet_width)
     offsets = np.linspace(-0.008, 0.008, len(reductions)) if len(reductions) > 1 else [0.0]
     offset_of = dict(zip(reductions, offsets, strict=True))
     identical = IdenticalCurves()
@@ -564,7 +567,7 @@ def plot_lr_sensitivity(
         ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.grid(True, which="major", alpha=0.3)
-        _set_title(ax, titles[row, column], facet_width, AXES_RESERVE_INCHES)
+        set_title(ax, titles[row, column], facet_width, AXES_RESERVE_INCHES)
         ax.set_xlabel("learning rate (log scale)")
         if j == 0:
             ax.set_ylabel(metric_label)
@@ -575,8 +578,8 @@ def plot_lr_sensitivity(
         )
         for r in reductions
     }
-    _reduction_legend(figure, styles, labels, columns=2 * len(columns))
-    _header(figure, [title, identical.note(IDENTICAL_POINTS_NOTE)])
+    reduction_legend(figure, styles, labels, columns=2 * len(columns))
+    header(figure, [title, identical.note(IDENTICAL_POINTS_NOTE)])
     return save_figure(figure, path_stem)
 
 
@@ -598,8 +601,8 @@ def plot_aggregate_intervals(intervals: pd.DataFrame, title: str, path_stem: Pat
         (text_width_inches(r, "medium") for r in reductions), default=0.0
     )
     titles = {(g, s): f"{s}\n{g}" for g, s in itertools.product(groups, statistics)}
-    facet_width = _facet_width(list(titles.values()), reserve)
-    figure, axes = _facet_grid(
+    facet_width = fitting_facet_width(list(titles.values()), reserve)
+    figure, axes = facet_grid(
         len(groups), len(statistics), legend_inches=0.4, facet_width=facet_width
     )
     for (i, group), (j, statistic) in itertools.product(enumerate(groups), enumerate(statistics)):
@@ -627,9 +630,9 @@ def plot_aggregate_intervals(intervals: pd.DataFrame, title: str, path_stem: Pat
         ax.set_yticks(range(len(reductions)), reductions)
         ax.set_ylim(len(reductions) - 0.5, -0.5)
         ax.grid(True, axis="x", alpha=0.3)
-        _set_title(ax, titles[group, statistic], facet_width, reserve)
+        set_title(ax, titles[group, statistic], facet_width, reserve)
         ax.set_xlabel("normalised score")
-    _header(figure, [title])
+    header(figure, [title])
     return save_figure(figure, path_stem)
 
 
@@ -644,16 +647,16 @@ def plot_performance_profile(profiles: pd.DataFrame, title: str, path_stem: Path
     groups = sorted(profiles["group"].unique())
     reductions = ordered_reductions(profiles["reduction"].unique())
     styles = reduction_styles(reductions)
-    facet_width = _facet_width(groups)
-    figure, axes = _facet_grid(1, len(groups), facet_width=facet_width)
+    facet_width = fitting_facet_width(groups)
+    figure, axes = facet_grid(1, len(groups), facet_width=facet_width)
     identical = IdenticalCurves()
     for j, group in enumerate(groups):
         ax = axes[0, j]
         facet = profiles[profiles["group"] == group]
-        identical.record(group, _draw_curves(ax, facet, "tau", styles, reductions, 0.15))
+        identical.record(group, draw_curves(ax, facet, "tau", styles, reductions, 0.15))
         ax.set_ylim(-0.02, 1.02)
         ax.grid(True, alpha=0.3)
-        _set_title(ax, group, facet_width, AXES_RESERVE_INCHES)
+        set_title(ax, group, facet_width, AXES_RESERVE_INCHES)
         ax.set_xlabel("normalised score \u03c4")
         if j == 0:
             ax.set_ylabel("fraction of runs with score > \u03c4")
@@ -664,8 +667,8 @@ def plot_performance_profile(profiles: pd.DataFrame, title: str, path_stem: Path
         )
         for r in reductions
     }
-    _reduction_legend(figure, styles, labels, columns=2 * len(groups))
-    _header(figure, [title, identical.note()])
+    reduction_legend(figure, styles, labels, columns=2 * len(groups))
+    header(figure, [title, identical.note()])
     return save_figure(figure, path_stem)
 
 
@@ -710,5 +713,5 @@ def plot_claim(points: pd.DataFrame, title: str, axis_label: str, path_stem: Pat
         ax.grid(True, axis="x", alpha=0.3)
         ax.set_xlabel(axis_label)
         ax.set_title(facet, fontsize=TITLE_FONTSIZE)
-    _header(figure, [title])
+    header(figure, [title])
     return save_figure(figure, path_stem)
