@@ -111,3 +111,17 @@ def normalize(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Standardise each seed's valid entries to mean 0, std 1; invalid entries become 0."""
     mean, std = masked_mean(values, valid), masked_std(values, valid)
     return (values - mean[:, None]) / (std[:, None] + 1e-8) * valid
+
+
+def group_advantages(
+    rewards: torch.Tensor, scale_by_std: bool, epsilon: float = 1e-4
+) -> torch.Tensor:
+    """GRPO's group-relative advantages ``[S, P, G]``: each response's reward minus the mean
+    reward of the G responses to its prompt (axis -1), divided by the group's unbiased standard
+    deviation plus ``epsilon`` when ``scale_by_std`` (GRPO; Dr. GRPO drops the division, which
+    it argues favours prompts whose groups agree). As TRL's ``GRPOTrainer`` computes them (its
+    ``scale_rewards`` and the 1e-4)."""
+    centred = rewards - rewards.mean(dim=-1, keepdim=True)
+    if not scale_by_std:
+        return centred
+    return centred / (rewards.std(dim=-1, keepdim=True) + epsilon)

@@ -29,6 +29,9 @@ STREAMS = {
     # training (each purpose its own stream: a stream's first rows do not depend on how many
     # it has, so two purposes sharing one would see the same episodes).
     "reference_env": 6, "reference_actions": 7, "noise_env": 8, "noise_actions": 9,
+    # Token tasks (`bench.lm`): the prompts a seed trains on, the supervised warm start's
+    # demonstrations (and their deliberate errors), and its minibatch order.
+    "task_prompts": 10, "demonstrations": 11, "warm_start_minibatches": 12,
 }
 _MASK32 = 0xFFFFFFFF
 # Odd multipliers below 2^31 (the first is lowbias32's, C. Wellons' hash-prospector): a 32-bit
