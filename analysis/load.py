@@ -41,11 +41,13 @@ EPISODE_FRAME_COLUMNS: tuple[str, ...] = (
     *(c for c in schema.IDENTITY_COLUMNS if c != "kind"),
     *schema.COMMON_COLUMNS,
     *schema.EPISODE_COLUMNS,
+    *schema.TOKEN_EPISODE_COLUMNS,
 )
 UPDATE_FRAME_COLUMNS: tuple[str, ...] = (
     *(c for c in schema.IDENTITY_COLUMNS if c != "kind"),
     *schema.COMMON_COLUMNS,
     *schema.UPDATE_COLUMNS,
+    *schema.TOKEN_UPDATE_COLUMNS,
 )
 # Diagnostics rows: besides their own columns, the update whose batch was probed and that
 # batch's shape and learning rate (`bench.schema.DIAGNOSTICS_COLUMNS`).
@@ -193,10 +195,12 @@ def read_result_file(path: Path) -> ResultFile:
             "content check failed: its rows do not match the content digest in its metadata "
             "(damaged data pages)"
         )
-    if version == "1":  # no diagnostics yet: their columns are null
-        for name, type_name in schema.DIAGNOSTICS_COLUMNS.items():
-            arrow_type = pa.string() if type_name == "string" else pa.float64()
-            table = table.append_column(name, pa.nulls(table.num_rows, type=arrow_type))
+    for added_in, columns in schema.COLUMNS_ADDED_IN.items():
+        if int(version) < added_in:  # written before these columns existed: they are null
+            for name, type_name in columns.items():
+                arrow_type = (pa.string() if type_name == "string"
+                              else pa.from_numpy_dtype(np.dtype(type_name)))
+                table = table.append_column(name, pa.nulls(table.num_rows, type=arrow_type))
     swept_columns = tuple(_json_metadata(metadata, schema.SWEPT_COLUMNS_KEY, default=[]))
     missing = [c for c in (*schema.COLUMNS, *swept_columns) if c not in table.column_names]
     if missing:

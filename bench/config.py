@@ -32,7 +32,12 @@ from bench.slots import Job
 from bench.store import NON_RESULT_KEYS, run_key
 
 # Algorithm name (the `algo` column) -> the implementation that trains it (bench/algos/).
-ALGORITHMS = {"reinforce": "reinforce", "vpg": "reinforce", "a2c": "a2c", "ppo": "ppo"}
+ALGORITHMS = {"reinforce": "reinforce", "vpg": "reinforce", "a2c": "a2c", "ppo": "ppo",
+              "grpo": "grpo"}
+# env.backend of the token tasks (bench/lm/tasks.py), which only algo=grpo trains; the control
+# algorithms need one of bench.envs.BACKENDS.
+TOKEN_BACKEND = "tokens"
+ENV_BACKENDS = (*BACKENDS, TOKEN_BACKEND)
 SCOPES = ("minibatch", "rollout")
 DEVICES = ("auto", "cpu", "cuda")
 # Hydra config groups: their choice is an identity column, not a swept column.
@@ -218,7 +223,7 @@ RULES: dict[str, Rule] = {
     "env.name": text,
     "env.id": text,
     "env.max_episode_steps": integer(1),
-    "env.backend": choice(*BACKENDS),
+    "env.backend": choice(*ENV_BACKENDS),
     "env.action": choice("discrete", "continuous"),
     "env.kwargs": mapping,
     "env.reference_scores": scores,
@@ -254,12 +259,27 @@ RULES: dict[str, Rule] = {
     "algo.clip_coef": real(0, open_low=True),
     "algo.clip_value_loss": flag,
     "algo.target_kl": optional(real(0, open_low=True)),
+    # GRPO (bench/algos/grpo.py)
+    "algo.prompts_per_update": integer(1),
+    "algo.group_size": integer(2),
+    "algo.scale_rewards": flag,
+    "algo.epsilon_low": real(0, 1),
+    "algo.epsilon_high": real(0),
+    "algo.beta": real(0),
+    "algo.network.d_model": integer(1),
+    "algo.network.num_layers": integer(1),
+    "algo.network.num_heads": integer(1),
+    "algo.warm_start.steps": integer(0),
+    "algo.warm_start.batch_size": integer(1),
+    "algo.warm_start.lr": real(0, open_low=True),
+    "algo.warm_start.error_rate": real(0, 1),
 }
 # Values whose rule depends on the algorithm family.
 FAMILY_RULES: dict[str, dict[str, Rule]] = {
     "reinforce": {"algo.normalize_advantages": flag},
     "actor_critic": {"algo.normalize_advantages": choice(
         *ACTOR_CRITIC_CHOICES["normalize_advantages"])},
+    "grpo": {},
 }
 # Values a job of each kind must have (a key another algorithm reads may be present too: a
 # sweep over `algo` sets those with `++`).
@@ -267,10 +287,12 @@ REQUIRED = {
     "common": ("seeds", "total_steps", "device", "threads", "results_dir", "name",
                "progress_interval_s", "optim.name", "optim.lr", "reduction.name",
                "reduction.scope", "env.name", "env.id", "env.max_episode_steps", "env.backend",
-               "env.action", "env.kwargs", "algo.name", "algo.num_envs", "algo.gamma",
-               "algo.value_coef", "algo.entropy_coef", "algo.max_grad_norm",
-               "algo.normalize_advantages", "algo.network.hidden_sizes",
-               "algo.network.activation", "algo.network.init_log_std"),
+               "env.action", "env.kwargs", "algo.name", "algo.entropy_coef",
+               "algo.max_grad_norm"),
+    # The control algorithms (REINFORCE/VPG, A2C, PPO).
+    "control": ("algo.num_envs", "algo.gamma", "algo.value_coef", "algo.normalize_advantages",
+                "algo.network.hidden_sizes", "algo.network.activation",
+                "algo.network.init_log_std"),
     "adam": ("optim.betas", "optim.eps", "optim.weight_decay"),
     "sgd": ("optim.momentum", "optim.nesterov", "optim.weight_decay"),
     "rmsprop": ("optim.alpha", "optim.eps", "optim.momentum", "optim.weight_decay"),
@@ -281,6 +303,11 @@ REQUIRED = {
                      "algo.shared_network", "algo.normalize_observation",
                      "algo.normalize_reward"),
     "ppo": ("algo.clip_coef", "algo.clip_value_loss", "algo.target_kl"),
+    "grpo": ("algo.prompts_per_update", "algo.group_size", "algo.update_epochs",
+             "algo.num_minibatches", "algo.scale_rewards", "algo.epsilon_low",
+             "algo.epsilon_high", "algo.beta", "algo.network.d_model", "algo.network.num_layers",
+             "algo.network.num_heads", "algo.warm_start.steps", "algo.warm_start.batch_size",
+             "algo.warm_start.lr", "algo.warm_start.error_rate"),
 }
 # Mappings checked whole by their rule, not key by key.
 WHOLE_VALUES = ("env.kwargs", "env.reference_scores")
@@ -337,7 +364,8 @@ def _set_path(config: dict[str, Any], path: str, value: Any) -> None:
 
 
 def _family(config: Mapping[str, Any]) -> str:
-    return "reinforce" if ALGORITHMS[config["algo"]["name"]] == "reinforce" else "actor_critic"
+    implementation = ALGORITHMS[config["algo"]["name"]]
+    return implementation if implementation in ("reinforce", "grpo") else "actor_critic"
 
 
 def check_values(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -361,6 +389,8 @@ def check_values(config: Mapping[str, Any]) -> dict[str, Any]:
         _set_path(normalized, path, rule(path, value))
         present.add(path)
     required = [*REQUIRED["common"], *REQUIRED[config["optim"]["name"]], *REQUIRED[family]]
+    if family != "grpo":
+        required += REQUIRED["control"]
     if config["algo"]["name"] == "ppo":
         required += REQUIRED["ppo"]
     missing = [path for path in required if path not in present]
@@ -386,14 +416,50 @@ def check_config(config: Mapping[str, Any]) -> dict[str, Any]:
     normalised config."""
     config = check_values(config)
     algo, env = config["algo"], config["env"]
+    _check_algorithm_and_env(algo["name"], env)
     check_environment(env)
     make_reduction(config)
-    if ALGORITHMS[algo["name"]] == "reinforce":
+    family = _family(config)
+    if family == "reinforce":
         _check_reinforce(algo)
+    elif family == "grpo":
+        _check_grpo(algo, config["reduction"]["name"])
     else:
         _check_actor_critic(algo, config["reduction"]["scope"])
     _check_diagnostics(config)
     return config
+
+
+def _check_algorithm_and_env(algo: str, env: Mapping[str, Any]) -> None:
+    """Token tasks are for algo=grpo only, and algo=grpo trains on token tasks only."""
+    token_task = env["backend"] == TOKEN_BACKEND
+    if algo == "grpo" and not token_task:
+        from bench.lm.tasks import TASKS
+
+        raise ConfigError(f"algo=grpo trains on token tasks (env.backend={TOKEN_BACKEND}), got "
+                          f"env={env['name']} (env.backend={env['backend']}); valid envs: "
+                          f"{', '.join(sorted(TASKS))}")
+    if algo != "grpo" and token_task:
+        raise ConfigError(f"env={env['name']} is a token task (env.backend={TOKEN_BACKEND}); "
+                          f"only algo=grpo trains on it, got algo={algo}")
+
+
+def _check_grpo(algo: Mapping[str, Any], reduction: str) -> None:
+    if reduction == "per_step":
+        raise ConfigError(
+            "reduction=per_step is not available with algo=grpo: a token's log-probability "
+            "needs its whole response's forward pass, so per-token backward passes would "
+            "repeat it for every token; valid choices: "
+            f"{', '.join(r for r in REDUCTIONS if r != 'per_step')}")
+    responses = algo["prompts_per_update"] * algo["group_size"]
+    if responses % algo["num_minibatches"]:
+        raise ConfigError(
+            f"the batch's {responses} responses (prompts_per_update x group_size) must split "
+            f"evenly into algo.num_minibatches={algo['num_minibatches']}")
+    network = algo["network"]
+    if network["d_model"] % network["num_heads"]:
+        raise ConfigError(f"algo.network.d_model ({network['d_model']}) must be a multiple of "
+                          f"algo.network.num_heads ({network['num_heads']})")
 
 
 def _check_diagnostics(config: Mapping[str, Any]) -> None:
@@ -402,6 +468,10 @@ def _check_diagnostics(config: Mapping[str, Any]) -> None:
     node = config.get("diagnostics") or {}
     if not node.get("every"):
         return
+    if _family(config) == "grpo":
+        raise ConfigError(f"diagnostics.every={node['every']} is not available with algo=grpo "
+                          f"(gradient diagnostics probe the control algorithms); set "
+                          f"diagnostics.every=0")
     for key in ("reference_episodes", "noise_batches", "length_power_alpha"):
         if key not in node:
             raise ConfigError(f"missing config value diagnostics.{key} (needed when "
@@ -416,6 +486,9 @@ def _check_diagnostics(config: Mapping[str, Any]) -> None:
 
 def check_environment(env: Mapping[str, Any]) -> None:
     """The backend can run env.id with env.kwargs, and env.action matches its action space."""
+    if env["backend"] == TOKEN_BACKEND:
+        _check_token_task(env)
+        return
     try:
         check_backend(env)
     except ValueError as error:
@@ -429,6 +502,21 @@ def check_environment(env: Mapping[str, Any]) -> None:
         actual = "discrete" if discrete else "continuous"
         raise ConfigError(f"env.action={env['action']!r} but {env['id']} has {actual} actions; "
                           f"set env.action={actual}")
+
+
+def _check_token_task(env: Mapping[str, Any]) -> None:
+    """env.id names a token task that accepts env.kwargs; its actions are tokens."""
+    from bench.lm.tasks import make_task
+
+    try:
+        make_task(env["id"], max_response_length=env["max_episode_steps"],
+                  **(env["kwargs"] or {}))
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"env.id={env['id']!r} with env.kwargs={env['kwargs']!r} and "
+                          f"env.max_episode_steps={env['max_episode_steps']}: {error}") from None
+    if env["action"] != "discrete":
+        raise ConfigError(f"env.action={env['action']!r} but {env['id']} has discrete actions "
+                          f"(tokens); set env.action=discrete")
 
 
 @functools.lru_cache(maxsize=64)

@@ -57,9 +57,10 @@ class Bookkeeping:
         self.diverged |= self.update_rows.flush(self.recorder, self.updates_done)
         self.progress.update(env_steps, int(acting.sum()), int(self.updates_done.max()))
 
-    def finish(self, envs: object, env_steps: np.ndarray) -> np.ndarray:
-        """Close the environments, print the final line; returns the diverged slots
-        (bool [S])."""
-        envs.close()
+    def finish(self, envs: object | None, env_steps: np.ndarray) -> np.ndarray:
+        """Close the environments (token tasks have none), print the final line; returns the
+        diverged slots (bool [S])."""
+        if envs is not None:
+            envs.close()
         self.progress.update(env_steps, 0, int(self.updates_done.max()), final=True)
         return self.diverged

@@ -70,9 +70,18 @@ class _SlotAffine(torch.autograd.Function):
         grad_weight = torch.bmm(x_blocks.transpose(1, 2), grad_blocks)
         grad_bias = grad_blocks.sum(dim=1, keepdim=True)
         if blocks > 1:  # block sums added in sequence
-            grad_weight = grad_weight.view(num_slots, blocks, features, -1).cumsum(dim=1)[:, -1]
-            grad_bias = grad_bias.view(num_slots, blocks, 1, -1).cumsum(dim=1)[:, -1]
+            grad_weight = _in_sequence(grad_weight.view(num_slots, blocks, features, -1))
+            grad_bias = _in_sequence(grad_bias.view(num_slots, blocks, 1, -1))
         return grad_x, grad_weight, grad_bias
+
+
+def _in_sequence(blocks: torch.Tensor) -> torch.Tensor:
+    """``blocks [S, K, ...]`` summed over K first to last (what ``cumsum(dim=1)[:, -1]``
+    computes, bit for bit, without a cumulative sum along a strided axis, which is slow)."""
+    total = blocks[:, 0]
+    for k in range(1, blocks.shape[1]):
+        total = total + blocks[:, k]
+    return total
 
 
 class SeedLinear(nn.Module):

@@ -84,16 +84,21 @@ def record_episodes(
         "episode_length": finished.episode_length,
         "terminated": finished.terminated,
         "wall_time": np.full(len(finished.seed_index), wall_time),
+        **({} if finished.correct is None else {"correct": finished.correct}),
     })
 
 
 # Per-step loss terms whose unweighted mean over the minibatch is an update column (a term an
 # algorithm does not have gives a null column).
 TERM_COLUMNS = {"policy_loss": "policy_loss", "value_loss": "value_loss", "entropy": "entropy",
-                "clipped": "clip_fraction"}
+                "clipped": "clip_fraction", "kl_reference": "kl_reference"}
+# Per-slot statistics of the batch a gradient step trains on, given by the algorithms that
+# have them (GRPO: `bench.schema.TOKEN_UPDATE_COLUMNS`); null elsewhere.
+BATCH_COLUMNS = ("accuracy", "response_length", "response_length_correct",
+                 "response_length_incorrect")
 # Per-seed values of a gradient step, stacked in this order on the device.
-_STEP_VALUES = ("stepped", "loss", *TERM_COLUMNS.values(), "approx_kl", "grad_norm",
-                "learning_rate", "batch_steps", "batch_trajectories", "diverged")
+_STEP_VALUES = ("stepped", "loss", *TERM_COLUMNS.values(), *BATCH_COLUMNS, "approx_kl",
+                "grad_norm", "learning_rate", "batch_steps", "batch_trajectories", "diverged")
 
 
 class UpdateRows:
@@ -117,12 +122,14 @@ class UpdateRows:
         env_steps: np.ndarray,
         wall_time: float,
         slots: torch.Tensor | None = None,
+        batch_columns: dict[str, torch.Tensor] | None = None,
     ) -> None:
         """One gradient step on the steps `valid` ``[S, K]``: a row for each slot where
         ``stepped [S]``, with its ``learning_rate [S]``. Per-step terms are averaged over valid
         steps (unweighted). With ``slots [R]`` (indices), `loss`, `terms`, `valid`,
         `trajectory` and `kl` hold those slots' rows only (``[R, ...]``), and `stepped` must be
-        False for every other slot."""
+        False for every other slot. `batch_columns` (`BATCH_COLUMNS`, ``[S]`` each, NaN for
+        null) are the statistics of the batch the step trains on."""
         nan = torch.full_like(grad_norm, float("nan"))
         per_row = {
             "loss": loss, "approx_kl": kl,
@@ -138,7 +145,8 @@ class UpdateRows:
                 for name, value in per_row.items()}
         values = {"stepped": stepped, "grad_norm": grad_norm, "learning_rate": learning_rate,
                   "diverged": newly_diverged, **per_row}
-        for column in TERM_COLUMNS.values():
+        values.update(batch_columns or {})
+        for column in (*TERM_COLUMNS.values(), *BATCH_COLUMNS):
             values.setdefault(column, nan)
         stacked = torch.stack([values[name].detach().to(torch.float64)
                                for name in _STEP_VALUES])
@@ -162,7 +170,8 @@ class UpdateRows:
                 "update": updates_done[seed_index],
                 "env_step": env_steps[seed_index],
                 **{name: row[name][seed_index] for name in
-                   ("loss", *TERM_COLUMNS.values(), "approx_kl", "grad_norm", "learning_rate")},
+                   ("loss", *TERM_COLUMNS.values(), *BATCH_COLUMNS, "approx_kl", "grad_norm",
+                    "learning_rate")},
                 "batch_steps": row["batch_steps"][seed_index].astype(np.int64),
                 "batch_trajectories": row["batch_trajectories"][seed_index].astype(np.int64),
                 "diverged": newly_diverged,

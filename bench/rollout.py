@@ -81,6 +81,7 @@ class FinishedEpisodes:
     episode_return: np.ndarray  # undiscounted
     episode_length: np.ndarray
     terminated: np.ndarray
+    correct: np.ndarray | None = None  # token tasks: the task's verdict on each response
 
 
 class _Collector:

@@ -23,10 +23,10 @@ import hashlib
 import json
 from typing import Any
 
-# 2: the diagnostics kind and its columns. Version 1 files (without them) are still read, as
-# files without diagnostics rows.
-SCHEMA_VERSION = 2
-READABLE_SCHEMA_VERSIONS = (1, 2)
+# 2: the diagnostics kind and its columns. 3: the token-task (GRPO) columns. Files of an
+# earlier version are still read, with the columns added since as nulls (`COLUMNS_ADDED_IN`).
+SCHEMA_VERSION = 3
+READABLE_SCHEMA_VERSIONS = (1, 2, 3)
 
 # Values of the `reduction` column, in the order of DESIGN.md's table (bench.reductions
 # implements them; reports list them in this order).
@@ -143,12 +143,37 @@ DIAGNOSTICS_COLUMNS: dict[str, str] = {
     "batch_length_std": "float64",
 }
 
+# Token tasks (algo=grpo, `bench.algos.grpo`): an episode row is one sampled response, its
+# `episode_return` the reward, `episode_length` its tokens up to and including END, and
+# `terminated` whether it ended with END (False: cut at max_response_length). Null elsewhere.
+TOKEN_EPISODE_COLUMNS: dict[str, str] = {
+    "correct": "bool",  # the task's verdict on the response
+}
+# On every update row of a GRPO batch: that batch's statistics (each of its gradient steps
+# repeats them), and the per-token KL to the reference policy.
+TOKEN_UPDATE_COLUMNS: dict[str, str] = {
+    "accuracy": "float64",  # fraction of the batch's responses that are correct
+    "response_length": "float64",  # mean tokens per response (END included)
+    "response_length_correct": "float64",  # the same over correct responses (null: none)
+    "response_length_incorrect": "float64",  # over incorrect ones (null: none)
+    # KL(pi || pi_ref) per token (k3 estimator, as TRL's), unweighted mean over the
+    # minibatch's valid tokens, at the parameters the gradient step starts from.
+    "kl_reference": "float64",
+}
+
 COLUMNS: dict[str, str] = {
     **IDENTITY_COLUMNS,
     **COMMON_COLUMNS,
     **EPISODE_COLUMNS,
     **UPDATE_COLUMNS,
     **DIAGNOSTICS_COLUMNS,
+    **TOKEN_EPISODE_COLUMNS,
+    **TOKEN_UPDATE_COLUMNS,
+}
+# The columns each schema version added; a file of version v lacks those of later versions.
+COLUMNS_ADDED_IN: dict[int, dict[str, str]] = {
+    2: DIAGNOSTICS_COLUMNS,
+    3: {**TOKEN_EPISODE_COLUMNS, **TOKEN_UPDATE_COLUMNS},
 }
 
 # Columns whose values depend on wall-clock time, not on (config, seeds, device).

@@ -39,6 +39,8 @@ BATCHABLE_PATHS = (
     "reduction.name", "reduction.alpha", "reduction.max_length",
     "algo.entropy_coef", "algo.value_coef", "algo.clip_coef", "algo.max_grad_norm",
     "algo.gamma", "algo.gae_lambda", "algo.target_kl",
+    # GRPO
+    "algo.scale_rewards", "algo.epsilon_low", "algo.epsilon_high", "algo.beta",
 )
 
 

@@ -33,9 +33,10 @@ class SlotLayerNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = x.mean(dim=-1, keepdim=True)
-        var = x.var(dim=-1, unbiased=False, keepdim=True)
-        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
+        # torch's kernel normalises each row on its own (so a slot's rows do not depend on
+        # the others'); the affine part is per slot.
+        normalized = torch.nn.functional.layer_norm(x, x.shape[-1:], eps=self.eps)
+        return normalized * self.weight + self.bias
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -218,6 +219,12 @@ def sample(model: SlotTransformer, prompt_tokens: torch.Tensor, prompt_mask: tor
         logprobs.append(torch.where(alive, logprob, 0.0))
         masks.append(alive)
         alive = alive & (token != end_token)
+        if not alive.any():  # every row has ended: the rest is padding
+            rest = max_new_tokens - t - 1
+            tokens.extend([torch.full_like(token, pad)] * rest)
+            logprobs.extend([torch.zeros_like(logprob)] * rest)
+            masks.extend([alive] * rest)
+            break
         if t + 1 < max_new_tokens:
             logits, cache = model.step(cache, tokens[-1], masks[-1])
     return torch.stack(tokens, -1), torch.stack(masks, -1), torch.stack(logprobs, -1)
