@@ -10,8 +10,8 @@ Each claim of the seed texts (``../shared/seeds``) is one YAML file in ``conf/cl
   reference value and ``treatment`` the values compared with it (a list, or ``"*"``: every
   other value);
 - ``prediction``: what the claim predicts for treatment against control: ``greater``
-  (treatment better), ``less``, ``differs`` (either way) or ``not_less`` (treatment no worse:
-  non-inferiority within ``margin`` of P(X>Y));
+  (treatment better; for a response length, longer), ``less``, ``differs`` (either way) or
+  ``not_less`` (treatment no worse: non-inferiority within ``margin`` of P(X>Y));
 - ``metrics``: the per-seed metrics judged (the first decides the verdict; the others are
   shown);
 - ``conditions``: the cell columns a verdict is given per (e.g. env, optim); within a

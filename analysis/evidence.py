@@ -3,12 +3,13 @@
 From an experiment's data and its written report (``make report`` first), writes to ``DEST``
 (a few MB, small enough for git):
 
-- ``per_seed_metrics.csv`` and ``summary.csv`` (the report's, every cell and seed);
+- ``per_seed_metrics.csv`` and ``summary.csv`` (the report's, every cell and seed), and for
+  token tasks ``per_seed_lengths.csv`` (final response lengths per seed);
 - ``curves.csv``: every seed's return curve down-sampled to `CURVE_POINTS` grid points (the
   report's rule, `analysis.metrics.returns_on_grid`), long format;
 - the claims: ``claims.csv`` (the verdict table), ``claim-<id>.csv`` (every comparison) and
-  ``claim-<id>.png``; the report's ``index.md`` as ``report.md`` and its convergence and
-  lr-sensitivity PNGs (`KEPT_FIGURES`);
+  ``claim-<id>.png``; the report's ``index.md`` as ``report.md`` and its convergence,
+  lr-sensitivity and response-length PNGs (`KEPT_FIGURES`);
 - ``README.md``: what made it: the command line, the git commits, devices and hosts recorded
   in the result files, the number of files, cells and seeds, and the time span of the runs.
 """
@@ -32,10 +33,11 @@ from analysis.formatting import value_counts_text
 from analysis.load import SUMMARY_UPDATE_COLUMNS, Dataset, DatasetError, cell_columns, load_dataset
 
 CURVE_POINTS = 20
-REPORT_FILES = ("per_seed_metrics.csv", "summary.csv", "claims.csv")
+REPORT_FILES = ("per_seed_metrics.csv", "summary.csv", "claims.csv",
+                "per_seed_lengths.csv")  # the last: token tasks only
 # Figures kept besides the claims' (the aggregate figures, megabytes each for a large grid,
 # stay in the regenerable report).
-KEPT_FIGURES = ("convergence-", "lr_sensitivity-")
+KEPT_FIGURES = ("convergence-", "lr_sensitivity-", "response_length_")
 EXIT_USAGE = 2
 
 

@@ -1,6 +1,6 @@
 """Which figures a report draws, from which numbers: the data preparation and file names of
-the convergence, lr-sensitivity, aggregate and gradient-diagnostics figures (the drawing is
-`analysis.plots` and `analysis.gradient_plots`)."""
+the convergence, lr-sensitivity, aggregate, response-length and gradient-diagnostics figures
+(the drawing is `analysis.plots` and `analysis.gradient_plots`)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from analysis import gradient_plots, gradients, intervals, plots
 from analysis.aggregate import STATISTICS, Aggregates
 from analysis.claims import LOWER_IS_BETTER, ClaimResult
 from analysis.formatting import family_label, slug, text
+from analysis.responses import LENGTH_CURVES, LENGTH_METRICS, ResponseResults
 from analysis.settings import ReportSettings
 
 CONTINUOUS_METRICS = ("final_return", "auc")
@@ -27,19 +28,39 @@ FigureFiles = list[tuple[str, list[Path]]]  # (title or kind, [PNG, PDF]) per fi
 
 
 def write_convergence_figures(
-    bands: pd.DataFrame, cells: Sequence[str], report_dir: Path, settings: ReportSettings
+    bands: pd.DataFrame, cells: Sequence[str], report_dir: Path, settings: ReportSettings,
+    kind: str = "convergence", title_prefix: str = "", **labels: str,
 ) -> FigureFiles:
     """One convergence figure per family of cells (same values of every cell column other than
-    env, algo and reduction)."""
+    env, algo and reduction); `kind` names the files, `labels` the axes (`plot_convergence`)."""
     family_columns = [c for c in cells if c not in ("env", "algo", "reduction")]
     figures = []
     for family_values, family in bands.groupby(family_columns, dropna=False, sort=True):
         title = ", ".join(
             f"{c}={text(v)}" for c, v in zip(family_columns, family_values, strict=True)
         )
-        stem = report_dir / f"convergence-{slug(title)}"
-        figures.append((title, plots.plot_convergence(family, title, stem, settings.confidence)))
+        stem = report_dir / f"{kind}-{slug(title)}"
+        figures.append((title, plots.plot_convergence(
+            family, title_prefix + title, stem, settings.confidence, **labels)))
     return figures
+
+
+def write_response_length_figures(
+    results: ResponseResults | None, cells: Sequence[str], report_dir: Path,
+    settings: ReportSettings,
+) -> dict[str, FigureFiles]:
+    """Token tasks: per family of cells, the length of correct and of incorrect responses
+    against responses sampled (`analysis.responses`); by kind, empty without responses."""
+    written: dict[str, FigureFiles] = {f"response_length_{name}": [] for name in LENGTH_CURVES}
+    if results is None:
+        return written
+    for name in LENGTH_CURVES:
+        bands = results.bands[results.bands["responses"] == name]
+        written[f"response_length_{name}"] = write_convergence_figures(
+            bands, cells, report_dir, settings, kind=f"response_length_{name}",
+            title_prefix=f"{name} responses: ", ylabel=f"length of {name} responses (tokens)",
+            xlabel="responses sampled")
+    return written
 
 
 def write_lr_sensitivity_figures(
@@ -248,7 +269,9 @@ def write_claim_figures(results: Sequence[ClaimResult], report_dir: Path,
         if result.comparisons.empty:
             continue
         claim = result.claim
-        better = "sooner" if claim.metrics[0] in LOWER_IS_BETTER else "better"
+        # A length is neither better nor worse: P(X>Y) is P(longer).
+        better = ("sooner" if claim.metrics[0] in LOWER_IS_BETTER else
+                  "longer" if claim.metrics[0] in LENGTH_METRICS else "better")
         title = (f"Claim {claim.id}: {claim.metrics[0]}, treatment against {claim.compare}="
                  f"{claim.control}\npoint: P(treatment {better} than control) over seed pairs; "
                  f"bar: {settings.confidence:.0%} "

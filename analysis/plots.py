@@ -387,9 +387,11 @@ def draw_curves(
 
 
 def plot_convergence(
-    bands: pd.DataFrame, title: str, path_stem: Path, confidence: float = 0.95
+    bands: pd.DataFrame, title: str, path_stem: Path, confidence: float = 0.95,
+    ylabel: str = "episode return (undiscounted)", xlabel: str = "environment steps",
 ) -> list[Path]:
-    """Return against env steps, one facet per env (rows) and algorithm (columns).
+    """Return (or another per-episode value: `ylabel`) against env steps, one facet per env
+    (rows) and algorithm (columns).
 
     ``bands`` has one row per (env, algo, reduction, grid point) with columns ``env``, ``algo``,
     ``reduction``, ``env_step``, ``value`` (the mean over seeds), ``low`` and ``high`` (the
@@ -416,9 +418,9 @@ def plot_convergence(
             identical.record(titles[env, algo], _draw_facet(ax, facet, styles, reductions))
             set_title(ax, titles[env, algo], facet_width, AXES_RESERVE_INCHES)
             if row == len(envs) - 1:
-                ax.set_xlabel("environment steps")
+                ax.set_xlabel(xlabel)
             if column == 0:
-                ax.set_ylabel("episode return (undiscounted)")
+                ax.set_ylabel(ylabel)
     labels = {
         r: legend_label(f"{r} ({seeds_label(_seed_counts(bands, r))})", identical.legend_note(r))
         for r in reductions

@@ -31,6 +31,7 @@ from analysis.formatting import (
 from analysis.gradients import IDENTITY_TOLERANCE, GradientResults
 from analysis.load import Dataset, cell_columns
 from analysis.references import ReferenceScores
+from analysis.responses import LENGTH_METRICS
 from analysis.settings import ReportSettings
 from analysis.sweep import missing_cells
 
@@ -46,6 +47,7 @@ def report_blocks(
     figures: dict[str, FigureFiles],
     settings: ReportSettings,
     gradient_results: GradientResults | None = None,
+    length_tables: Sequence[tables.ComparisonTable] = (),
 ) -> list[Block]:
     """The index page as document blocks, in reading order: the claims' verdicts first, then
     figures and tables (the gradient diagnostics last, when the dataset has them), then how
@@ -69,6 +71,7 @@ def report_blocks(
         *significance_blocks(
             [by_name[n] for n in by_name if n.startswith("significance-")], settings
         ),
+        *response_blocks(length_tables, figures, settings),
         *best_lr_blocks(
             [by_name[n] for n in by_name if n.startswith("best_lr-")], figures["lr"], settings
         ),
@@ -347,6 +350,48 @@ def convergence_blocks(
                 pdf,
             ),
         ]
+    return blocks
+
+
+def response_blocks(
+    length_tables: Sequence[tables.ComparisonTable], figures: dict[str, FigureFiles],
+    settings: ReportSettings,
+) -> list[Block]:
+    """Token tasks (algo=grpo): the response-length figures and the significance tables of
+    the final lengths; nothing for datasets without responses."""
+    if not length_tables:
+        return []
+    confidence = f"{settings.confidence:.0%}"
+    blocks: list[Block] = [
+        Heading("Response lengths (token tasks)"),
+        Paragraph(
+            "On a token task an episode is one sampled response, its return the reward (1 if "
+            "correct, plus any format reward) and its length the response's tokens up to and "
+            "including END; environment steps count responses sampled. So the return figures "
+            "and tables above show accuracy (with no format reward), and this section shows "
+            "length, the quantity of Dr. GRPO's claim (Liu et al., 2025): that GRPO's per-"
+            "response normalisation 1/|o_i| (`traj_step_mean`) lets incorrect responses grow "
+            "long where a fixed normaliser (`constant`) or the token mean (`mean`) does not. "
+            f"Line: mean over seeds of the per-seed length curves (on the return curves' grid; "
+            f"a bin with no such response carries the seed's last value on); band: "
+            f"{confidence} Student t CI, drawn where every seed has a value."
+        ),
+    ]
+    for kind in ("response_length_incorrect", "response_length_correct"):
+        for title, (png, pdf) in figures.get(kind, []):
+            which = kind.rpartition("_")[2]
+            blocks += [
+                Heading(f"Length of {which} responses, {title}", 3),
+                Figure(png, f"Mean length of {which} responses over seeds (line) with its "
+                       f"{confidence} Student t CI (band) against responses sampled, per task "
+                       f"(rows); {title}.", pdf),
+            ]
+    blocks.append(Paragraph(
+        "Final lengths: each reduction against the reference within each family, as the "
+        "significance tables above (same tests, corrections and intervals); a positive "
+        "difference means longer responses than the reference's, which is not better."))
+    for table in length_tables:
+        blocks += table_blocks(table)
     return blocks
 
 
@@ -728,7 +773,8 @@ def claims_blocks(
             continue
         if claim.id in by_id:
             png, pdf = by_id[claim.id]
-            blocks.append(Figure(png, f"Claim {claim.id}: P(treatment better than control) "
+            better = "longer" if claim.metrics[0] in LENGTH_METRICS else "better"
+            blocks.append(Figure(png, f"Claim {claim.id}: P(treatment {better} than control) "
                                  "with its interval and verdict, per comparison.", pdf))
         blocks.append(Paragraph(
             f"Every comparison with its statistics: [claim-{claim.id}.csv](claim-{claim.id}.csv)."

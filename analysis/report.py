@@ -9,6 +9,8 @@ Reads ``results/<name>/data/`` and writes ``results/<name>/report/``:
 - significance tables (``significance-<metric>.{csv,md,tex}``, ``best_lr-<metric>.*``) with the
   per-seed values each used (``*-values.csv``), ``aggregate.{csv,md,tex}``, ``summary.csv`` (one
   row per cell) and ``per_seed_metrics.csv`` (one row per seed);
+- when the dataset has token-task responses (algo=grpo): ``significance-final_length*``
+  tables, ``per_seed_lengths.csv`` and the ``response_length_{correct,incorrect}-*`` figures;
 - when the dataset has gradient diagnostics rows: ``gradient_diagnostics.{csv,md,tex}`` (per
   cell and probe reduction), ``gradient_identity.csv`` (the mean / traj_mean norm-ratio check
   per probed batch) and the figures ``gradient_cosine-*``, ``gradient_norm_ratio-*`` and
@@ -52,6 +54,7 @@ from analysis.load import (
 )
 from analysis.prose import aggregate_caption, gradient_caption, report_blocks, verdict_table
 from analysis.references import reference_scores
+from analysis.responses import LENGTH_METRICS, ResponseResults, response_results
 from analysis.settings import ReportSettings
 from bench.schema import REDUCTIONS
 
@@ -87,6 +90,18 @@ def build_tables(
             for metric in figures.CONTINUOUS_METRICS
         ]
     return built
+
+
+def build_length_tables(
+    responses: ResponseResults, cells: Sequence[str], settings: ReportSettings
+) -> list[tables.ComparisonTable]:
+    """Token tasks: the significance tables of the final response lengths (all, correct,
+    incorrect), per cell family as `build_tables`."""
+    per_seed = responses.per_seed
+    reductions = plots.ordered_reductions(per_seed["reduction"].unique())
+    family_columns = [c for c in cells if c != "reduction"]
+    return [tables.significance_table(per_seed, family_columns, metric, reductions, settings)
+            for metric in LENGTH_METRICS]
 
 
 def judge_claims(
@@ -127,13 +142,26 @@ def write_report_files(dataset: Dataset, settings: ReportSettings, report_dir: P
     per_seed.to_csv(report_dir / "per_seed_metrics.csv", index=False)
     summary.to_csv(report_dir / "summary.csv", index=False)
 
-    claim_results, claim_errors = judge_claims(dataset, per_seed, cells, settings)
+    responses = response_results(dataset.episodes, per_seed, cells, settings)
+    # Claims may judge the response lengths of token tasks too (null for other runs).
+    judged = per_seed if responses is None else per_seed.merge(
+        responses.per_seed[["run_key", "seed", *LENGTH_METRICS]], on=["run_key", "seed"],
+        how="left")
+    claim_results, claim_errors = judge_claims(dataset, judged, cells, settings)
     for result in claim_results:
         if len(result.comparisons):
             result.comparisons.to_csv(report_dir / f"claim-{result.claim.id}.csv", index=False)
     if claim_results:
         verdict_table(claim_results).to_csv(report_dir / "claims.csv", index=False)
     figure_files["claims"] = figures.write_claim_figures(claim_results, report_dir, settings)
+
+    length_tables = [] if responses is None else build_length_tables(responses, cells, settings)
+    for table in length_tables:
+        write_table(table, report_dir)
+    if responses is not None:
+        responses.per_seed.to_csv(report_dir / "per_seed_lengths.csv", index=False)
+    figure_files.update(
+        figures.write_response_length_figures(responses, cells, report_dir, settings))
 
     gradients = gradient_results(dataset.diagnostics, cells, settings)
     if gradients is not None:
@@ -146,6 +174,7 @@ def write_report_files(dataset: Dataset, settings: ReportSettings, report_dir: P
     blocks = report_blocks(
         dataset, per_seed, summary, comparison_tables, aggregates,
         (claim_results, claim_errors), references, figure_files, settings, gradients,
+        length_tables,
     )
     title = f"Report: {Path(dataset.experiment_dir).resolve().name}"
     index = report_dir / "index.md"

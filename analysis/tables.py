@@ -46,6 +46,14 @@ METRIC_DESCRIPTIONS: dict[str, str] = {
     "auc": "area under the curve (per seed: mean of its return curve over the run's grid)",
     "steps_to_threshold": "env steps to the threshold (per seed: first grid step at which its "
     "return curve reaches the env's threshold; censored when never reached)",
+    # Token tasks (analysis.responses): lengths in tokens, END included; longer is not better.
+    "final_length": "final response length (per seed: mean tokens of the responses sampled "
+    "in the last {final:.0%} of the run's responses)",
+    "final_length_correct": "final length of correct responses (per seed: mean tokens of the "
+    "correct responses sampled in the last {final:.0%} of the run's responses)",
+    "final_length_incorrect": "final length of incorrect responses (per seed: mean tokens of "
+    "the incorrect responses sampled in the last {final:.0%} of the run's responses; a seed "
+    "with none there has no value)",
 }
 
 

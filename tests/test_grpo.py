@@ -222,3 +222,36 @@ def test_bad_grpo_input_is_one_clear_error(tmp_path: Path, overrides: list[str],
     assert len(lines) == 1 and lines[0].startswith("error:") and fragment in lines[0], lines
     assert not (tmp_path / "default").exists()
 
+
+
+def test_report_of_a_grpo_sweep_has_its_response_lengths(tmp_path: Path) -> None:
+    """`python -m analysis.report` on GRPO runs: the response-length section, its figures and
+    tables, and final lengths equal to the episode rows' of the final window (the last 10% of
+    the 24 responses: the last batch)."""
+    bench_run(tmp_path, *TINY, "seeds=3", "reduction=traj_step_mean,constant",
+              "algo.scale_rewards=true,false", multirun=True)
+    experiment = tmp_path / "default"
+    result = subprocess.run([sys.executable, "-m", "analysis.report", str(experiment)],
+                            cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = experiment / "report"
+    index = (report / "index.md").read_text()
+    assert "## Response lengths (token tasks)" in index
+    for kind in ("correct", "incorrect"):
+        assert len(list(report.glob(f"response_length_{kind}-*.png"))) == 2
+    table = pd.read_csv(report / "significance-final_length_incorrect.csv")
+    assert set(table["reduction"]) == {"traj_step_mean", "constant"}
+    assert len(table) == 4  # 2 reductions x 2 scale_rewards families
+    lengths = pd.read_csv(report / "per_seed_lengths.csv")
+    frame = pd.concat(pd.read_parquet(path) for path in (experiment / "data").glob("*.parquet"))
+    last = frame[(frame["kind"] == schema.KIND_EPISODE) & (frame["env_step"] == 24)]
+    assert len(lengths) == 12
+    for row in lengths.itertuples():
+        rows = last[(last["run_key"] == row.run_key) & (last["seed"] == row.seed)]
+        assert np.isclose(row.final_length, rows["episode_length"].mean())
+        incorrect = rows[~rows["correct"].astype(bool)]["episode_length"]
+        if len(incorrect):
+            assert np.isclose(row.final_length_incorrect, incorrect.mean())
+        else:
+            assert np.isnan(row.final_length_incorrect)
+        assert np.isclose(row.final_return, rows["episode_return"].mean())
