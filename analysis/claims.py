@@ -2,7 +2,9 @@
 
 Each claim of the seed texts (``../shared/seeds``) is one YAML file in ``conf/claims/``:
 
-- ``id``, ``statement`` (the claim in the source's words) and ``source`` (the seed file);
+- ``id``, ``statement`` (the claim in the source's words) and ``source``: the seed file (a
+  path relative to the repository, ending in ``.txt``), or for a claim from a published text
+  outside the seeds its citation (authors, year, title, section);
 - ``experiment``: the results folder (``results/<experiment>``) whose report judges it;
 - ``select``: cell values the claim is judged on (column -> value or list of values);
   ``exclude`` likewise drops cells;

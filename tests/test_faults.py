@@ -144,7 +144,7 @@ BAD_VALUES = [
     (["~optim.eps"], "missing config value optim.eps"),
     (["name=../../elsewhere"], "name must be one directory name"),
     (["name=.."], "name must be one directory name"),
-    (["algo=foo"], "Could not find 'algo/foo'; Available options in 'algo': a2c, ppo,"),
+    (["algo=foo"], "Could not find 'algo/foo'; Available options in 'algo': a2c, grpo, ppo,"),
     (["seeds=[1,"], "cannot parse override 'seeds=[1,'"),
     (["reduction=mean,sum"], "Ambiguous value for argument 'reduction=mean,sum'"),
 ]

@@ -14,6 +14,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
+import yaml
 
 from bench import schema
 from bench.algos.grpo import batch_statistics, token_layout, token_losses
@@ -183,6 +184,18 @@ def test_grpo_run_writes_responses_and_updates(tmp_path: Path) -> None:
     assert updates["kl_reference"].notna().all() and updates["approx_kl"].isna().all()
     assert updates["clip_fraction"].between(0, 1).all()
     assert len(list((tmp_path / "default" / "warm_start").glob("*.pt"))) == 2
+
+
+def test_every_token_env_config_trains(tmp_path: Path) -> None:
+    """Each conf/env file with backend tokens trains under algo=grpo from its own settings."""
+    envs = sorted(path.stem for path in (REPO / "conf" / "env").glob("*.yaml")
+                  if yaml.safe_load(path.read_text()).get("backend") == "tokens")
+    assert envs == ["copy", "modular_sum", "reverse"]
+    tiny = [o for o in TINY if not o.startswith("env=")]
+    bench_run(tmp_path, *tiny, f"env={','.join(envs)}", "seeds=1", multirun=True)
+    frame = pd.concat(pd.read_parquet(p) for p in (tmp_path / "default" / "data").glob("*.parquet"))
+    assert sorted(frame["env"].unique()) == envs
+    assert frame[frame["kind"] == schema.KIND_UPDATE].groupby("env")["env_step"].max().eq(24).all()
 
 
 def test_a_grid_point_alone_and_packed_gives_the_same_rows(tmp_path: Path) -> None:

@@ -241,6 +241,7 @@ EXPECTED = {
     "seed_claims_002_batched": ("seed_claims_002", 2 * 2 * 2 * 2 * 2 * 3),
     "seed_claims_002_stepwise": ("seed_claims_002", 2 * 2 * 2 * 3),
     "seed_claims_003": ("seed_claims_003", 2 * 3 * 2 * 9),
+    "llm_length_bias": ("llm_length_bias", 5 * 2 * 2),
     **{f"gradients_{algo}": ("gradients", 3 * 2) for algo in ("reinforce", "vpg", "a2c", "ppo")},
 }
 

@@ -175,6 +175,7 @@ def train(slots: Slots, recorder: PackRecorder, progress: ProgressLine) -> np.nd
         # 3. Epochs of shuffled minibatches of responses.
         acting_on_device = torch.as_tensor(acting, device=device)
         for _ in range(algo["update_epochs"]):
+            # Each response is one unit to shuffle (unit "steps": the trajectory ids go unused).
             for index, _ in sampler.epoch(every_response, every_response.long()):
                 minibatch = {name: gather_slots(value, index) for name, value in batch.items()}
                 valid, trajectory = token_layout(minibatch["response_mask"])
