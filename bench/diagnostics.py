@@ -55,8 +55,10 @@ PROBE_REDUCTIONS = REDUCTIONS
 # more batches would cost B x M backward passes for rounding alone.
 NOISE_SOURCE = {name: "sum" if name == "per_step" else name for name in PROBE_REDUCTIONS}
 # Sub-environments per slot of the probe's episode collections (any number gives whole,
-# independent episodes; more of them step together).
-MAX_PROBE_ENVS = 16
+# independent episodes; more of them step together). 64 = the default M: the reference batch
+# is one round of episodes. A2C on Acrobot, 4000 steps, 10 seeds, both at once on 2 cores:
+# 25 s with 64, 41 s with 16.
+MAX_PROBE_ENVS = 64
 
 # A batch prepared the algorithm's way for its rows `batch.slots` (called within `only_slots`
 # of those rows): the batch it trains on (e.g. without dropped cut segments) and its
