@@ -24,6 +24,9 @@ PARTITION   ?=
 # (default: 256 on CPU, 4096 on CUDA). PACK=0 runs one process per grid point instead.
 PACK        ?= 1
 MAX_SLOTS   ?=
+# Parallel pytest workers of `make test` (pytest-xdist, whole test files per worker); 0 runs
+# the tests in one process.
+TEST_WORKERS ?= $(JOBS)
 # Extra Hydra overrides for `make sweep`, e.g. ARGS="total_steps=5000 env=cartpole".
 ARGS        ?=
 SWEEP_ARGS   = $(strip results_dir=$(RESULTS) hydra/launcher=$(LAUNCHER) \
@@ -43,10 +46,10 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m slow -n $(TEST_WORKERS) --dist loadfile
 
 # Every preset runs even if one has failed jobs; the exit status is non-zero if any had.
 sweep: $(STAMP)
