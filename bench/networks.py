@@ -76,12 +76,19 @@ class _SlotAffine(torch.autograd.Function):
 
 
 def _in_sequence(blocks: torch.Tensor) -> torch.Tensor:
-    """``blocks [S, K, ...]`` summed over K first to last (what ``cumsum(dim=1)[:, -1]``
-    computes, bit for bit, without a cumulative sum along a strided axis, which is slow)."""
-    total = blocks[:, 0]
+    """``blocks [S, K, ...]`` summed over K first to last, bit for bit what
+    ``cumsum(dim=1)[:, -1]`` gives (the results before this function existed), without a
+    cumulative sum along a strided axis, which is slow on CPU. There torch's cumsum adds
+    float32 in float64 (its accumulate type) and rounds at the end, so this does the same;
+    elsewhere (CUDA's scan has its own order) it is cumsum itself."""
+    if blocks.device.type != "cpu":
+        return blocks.cumsum(dim=1)[:, -1]
+    accumulate = {torch.float32: torch.float64, torch.float16: torch.float32,
+                  torch.bfloat16: torch.float32}.get(blocks.dtype, blocks.dtype)
+    total = blocks[:, 0].to(accumulate)
     for k in range(1, blocks.shape[1]):
         total = total + blocks[:, k]
-    return total
+    return total.to(blocks.dtype)
 
 
 class SeedLinear(nn.Module):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.networks import Policy, ValueFunction
+from bench.networks import Policy, ValueFunction, _in_sequence
 from bench.optim import SlotOptimizer
 
 ADAM = {"name": "adam", "lr": 0.01, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0}
@@ -106,3 +106,17 @@ def test_a_diverged_slot_is_frozen_and_the_others_go_on() -> None:
     assert not diverged.any()
     for old, new in zip(before, net.parameters(), strict=True):
         assert torch.equal(old[1], new[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_block_sums_are_cumsums_last_value_bit_for_bit(dtype: torch.dtype) -> None:
+    """SeedLinear's backward adds its block sums with `_in_sequence`, which must give what the
+    cumulative sum it replaced gave (the committed evidence was made with it), on strided
+    views as the backward passes them and for any number of blocks."""
+    generator = torch.Generator().manual_seed(0)
+    for blocks in (2, 3, 7, 40):
+        values = torch.randn(3, 17, blocks * 9, generator=generator) * 100
+        strided = values.to(dtype).transpose(1, 2).reshape(3, blocks, 9, 17)
+        expected = strided.cumsum(dim=1)[:, -1]
+        assert torch.equal(_in_sequence(strided), expected), blocks
+
