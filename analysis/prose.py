@@ -741,8 +741,7 @@ def claims_blocks(
     blocks: list[Block] = [
         Heading("Claims"),
         Paragraph(
-            "Each claim (of the seed texts, or of a cited paper) is a file in `conf/claims/` "
-            "(statement, source, the "
+            "Each claim is a file in `conf/claims/` (statement, source: seed text or paper, the "
             "grid slice, the comparison, metrics, prediction). Verdicts are computed from the "
             "tables below, never typed: per comparison, `identical by construction` when "
             "every seed's episodes are bit-identical; else the exact rank-sum test, "
