@@ -115,8 +115,8 @@ def test_block_sums_are_cumsums_last_value_bit_for_bit(dtype: torch.dtype) -> No
     views as the backward passes them and for any number of blocks."""
     generator = torch.Generator().manual_seed(0)
     for blocks in (2, 3, 7, 40):
-        values = torch.randn(3, 17, blocks * 9, generator=generator) * 100
-        strided = values.to(dtype).transpose(1, 2).reshape(3, blocks, 9, 17)
+        values = torch.randn(3, 9, blocks, 17, generator=generator) * 100
+        strided = values.to(dtype).transpose(1, 2)  # [3, blocks, 9, 17], not contiguous
+        assert not strided.is_contiguous()
         expected = strided.cumsum(dim=1)[:, -1]
         assert torch.equal(_in_sequence(strided), expected), blocks
-
