@@ -4,6 +4,7 @@ independence from the other slots, skipping, divergence, and the sync-free path.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -153,11 +154,18 @@ BIG_SHAPES = [(100, 61), (1, 61), (5,)]
 @pytest.mark.parametrize("case", ["sgd", "sgd_nesterov", "adam", "rmsprop"])
 @pytest.mark.parametrize("num_threads", [1, 2])
 @pytest.mark.parametrize("sync_free", [False, True])
+@pytest.mark.parametrize("rows_per_block", [None, 2])
 def test_a_slot_steps_bitwise_the_same_whatever_the_other_slots(
-    case: str, num_threads: int, sync_free: bool
+    case: str, num_threads: int, sync_free: bool, rows_per_block: int | None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Slot data alone (S=1) and as row 3 of S=7 (other rows random, other hyperparameters,
-    other clipping, one of them diverging), with clipping, skips and an lr change."""
+    other clipping, one of them diverging), with clipping, skips and an lr change; the CPU
+    update in its default row blocks (S=7 is one block here) and in blocks of 2 rows (the
+    slot the second row of the second block, the last block a single row)."""
+    if rows_per_block is not None:
+        per_slot = sum(math.prod(shape) for shape in BIG_SHAPES)
+        monkeypatch.setattr("bench.optim.CPU_BLOCK_ELEMENTS", rows_per_block * per_slot)
     target, others = CASES[case][0], CASES[case][1:]
     cfgs7 = [others[s % 3] for s in range(3)] + [target] + [others[s % 3] for s in range(3)]
     max_norms7 = [1.0, None, 0.3, 0.5, 2.0, None, 0.1]
@@ -168,6 +176,7 @@ def test_a_slot_steps_bitwise_the_same_whatever_the_other_slots(
     with threads(num_threads):
         opt1 = SlotOptimizer(alone, [target], [0.5])
         opt7 = SlotOptimizer(packed, cfgs7, max_norms7)
+        assert len(opt7._row_blocks) == (1 if rows_per_block is None else 4)
         opt7._sync_free = sync_free
         for step in range(6):
             grads = [torch.randn(r.shape, generator=generator) * 0.01 * (1 + 30 * (step % 2))
@@ -222,6 +231,9 @@ def test_parameters_stay_contiguous_and_every_step_reaches_the_modules(shared: b
                                      strict=True):
         assert param.grad is view  # autograd accumulated into the gradient, did not replace it
         torch.testing.assert_close(param.grad, expected.grad, rtol=1e-6, atol=1e-7)
+    # ... and the gradients are views of the optimiser's flat buffer: nothing to gather
+    expected_flat = torch.cat([p.grad.reshape(3, -1) for p in reference.parameters()], dim=1)
+    torch.testing.assert_close(optimizer.flat_grads, expected_flat, rtol=1e-6, atol=1e-7)
     optimizer.step(torch.zeros(3))
     flat_params = torch.cat([p.detach().reshape(3, -1) for p in net.parameters()], dim=1)
     assert torch.equal(flat_params, optimizer.flat_params)  # the modules see the update
