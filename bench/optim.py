@@ -21,7 +21,8 @@ for other S (a slot's forward pass would then depend on what shares its process)
 Why row blocks: on CPU the update's dozen elementwise passes over ``[S, P]`` buffers of
 megabytes are bound by memory traffic, so they run block by block of rows
 (`CPU_BLOCK_ELEMENTS` elements, a few hundred kB per buffer), each block's whole chain while
-it sits in the core's cache: about 1.5x faster at S=120 (``make bench``). An elementwise op's
+it sits in the core's cache (one Adam step of a 64x64 actor-critic at S=120: 13.9 -> 12.1 ms,
+on busy cores; no gain at S=10, where there are one or two blocks). An elementwise op's
 result for an element does not depend on which other elements it runs with, so the blocks
 change no bit; on other devices the buffers are one block (each op is one kernel launch).
 
@@ -37,10 +38,9 @@ the tests compare each slot with torch.optim run on that slot alone.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
-
-import warnings
 
 import torch
 
