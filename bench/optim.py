@@ -281,7 +281,7 @@ class SlotOptimizer:
         diagnostics). Divergence is not checked."""
         saved_buffers, saved_counters = self._buffers.clone(), self._counters.clone()
         before = self.flat_params.clone()
-        grads = grads.to(self._dtype).contiguous()
+        grads = grads.to(self._dtype).contiguous()  # the row norm as `step` sums it
         scale = None
         if self._max_norm is not None:
             scale = self._clip_scale(torch.linalg.vector_norm(grads, dim=1, dtype=torch.float64))
@@ -366,10 +366,10 @@ class SlotOptimizer:
         """Advance the counters and update every slot from `grads` ``[S, P]`` (left as they
         are), clipped by `scale` ``[S, 1]`` (None: no clipping), row block by row block."""
         if self.name == "adam":
-            self._counters.mul_(self._counter_decay)
-        self._counters.add_(self._counter_increment)
-        if self.name == "adam":
+            self._counters.mul_(self._counter_decay).add_(self._counter_increment)
             self._adam_coefficients()
+        else:
+            self._counters.add_(self._counter_increment)
         clipped = self._scratch["clipped"]
         for rows in self._row_blocks:
             block = grads[rows]
