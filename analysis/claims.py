@@ -11,6 +11,10 @@ Each claim of the seed texts (``../shared/seeds``) is one YAML file in ``conf/cl
 - ``compare``: the cell column the claim is about (default ``reduction``), ``control`` its
   reference value and ``treatment`` the values compared with it (a list, or ``"*"``: every
   other value);
+- ``varies_with``: cell columns that change together with ``compare`` in the grid (a
+  rollout's ``algo.num_envs`` with its ``algo.rollout_steps``); they are left out of the
+  comparison's family, so the values of ``compare`` meet, and each family must then hold one
+  cell per compared value (else a `ClaimError`);
 - ``prediction``: what the claim predicts for treatment against control: ``greater``
   (treatment better; for a response length, longer), ``less``, ``differs`` (either way) or
   ``not_less`` (treatment no worse: non-inferiority within ``margin`` of P(X>Y));
@@ -72,6 +76,7 @@ class Claim:
     treatment: tuple[str, ...] | str = "*"
     select: dict[str, tuple[str, ...]] = field(default_factory=dict)
     exclude: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    varies_with: tuple[str, ...] = ()
     views: tuple[str, ...] = VIEWS
     margin: float = 0.1
     path: str = ""
@@ -121,7 +126,8 @@ def load_claim(path: Path) -> Claim:
         treatment="*" if treatment == "*" else _values(treatment),
         select={k: _values(v) for k, v in (raw.get("select") or {}).items()},
         exclude={k: _values(v) for k, v in (raw.get("exclude") or {}).items()},
-        views=views, margin=float(raw.get("margin", 0.1)), path=str(path),
+        varies_with=tuple(raw.get("varies_with") or ()), views=views,
+        margin=float(raw.get("margin", 0.1)), path=str(path),
     )
 
 
@@ -134,7 +140,8 @@ def load_claims(directory: Path = CLAIMS_DIR, experiment: str | None = None) -> 
 def claim_slice(claim: Claim, per_seed: pd.DataFrame) -> pd.DataFrame:
     """The claim's seeds: its ``select`` and ``exclude`` applied, and its ``compare`` column
     as text labels (`_label`). A column the data lacks is a `ClaimError`."""
-    for column in {claim.compare, *claim.select, *claim.exclude, *claim.conditions}:
+    for column in {claim.compare, *claim.select, *claim.exclude, *claim.conditions,
+                   *claim.varies_with}:
         if column not in per_seed:
             raise ClaimError(f"{claim.path}: column {column!r} is not a cell column of the "
                              f"results; valid: {sorted(per_seed.columns)}")
@@ -205,7 +212,8 @@ def evaluate(claim: Claim, per_seed: pd.DataFrame, cells: Sequence[str],
         frame = frame.rename(columns={"reduction": "reduction_", claim.compare: "reduction"})
         cells = ["reduction_" if c == "reduction" else ("reduction" if c == claim.compare else c)
                  for c in cells]
-    family_columns = [c for c in cells if c != "reduction"]
+    family_columns = [c for c in cells if c != "reduction" and c not in claim.varies_with]
+    _check_one_cell_per_value(claim, frame, family_columns)
     order = [claim.control, *sorted(set(frame["reduction"]) - {claim.control})]
     parts = []
     for metric in claim.metrics:
@@ -224,6 +232,23 @@ def evaluate(claim: Claim, per_seed: pd.DataFrame, cells: Sequence[str],
     if len(comparisons) and claim.compare != "reduction":
         comparisons = comparisons.rename(columns={"reduction_": "reduction"})
     return ClaimResult(claim, comparisons, summarise(claim, comparisons))
+
+
+def _check_one_cell_per_value(claim: Claim, frame: pd.DataFrame,
+                              family_columns: Sequence[str]) -> None:
+    """With ``varies_with`` left out of the families, a family must still hold one cell per
+    compared value: two would pool different configurations' seeds into one sample."""
+    if not claim.varies_with or frame.empty:
+        return
+    keys = [*family_columns, "reduction"]
+    counts = frame.groupby(keys, dropna=False)[list(claim.varies_with)].nunique(dropna=False)
+    pooled = counts[(counts > 1).any(axis=1)]
+    if len(pooled):
+        where = dict(zip(keys, pooled.index[0], strict=True))
+        raise ClaimError(
+            f"{claim.path}: varies_with {list(claim.varies_with)} takes several values at "
+            f"{claim.compare}={where['reduction']} in one family ({where}); a family must "
+            f"hold one cell per value of {claim.compare}")
 
 
 def _comparison_rows(rows: pd.DataFrame, view: str, metric: str, claim: Claim) -> pd.DataFrame:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import yaml
 from test_analysis import REPO_ROOT, run_report, write_result_file
 
 from analysis import claims, findings, verify
+from analysis.settings import ReportSettings
 
 SEEDS = list(range(12))  # best lr tests the 6 odd seeds: separation p = 2 / C(12, 6)
 TOTAL_STEPS = 200
@@ -207,3 +209,43 @@ def test_citation_names_the_suite_version_and_readme_the_evidence_commits() -> N
     for folder, commits in findings.evidence_commits().items():
         assert commits != "not recorded"
         assert f"- `{folder}`: made at commit {commits}" in section
+
+
+def schedule_seeds(rng: np.random.Generator) -> pd.DataFrame:
+    """Per-seed AUCs of a stepwise schedule (1 env x 1 step) and two rollout schedules whose
+    env count changes with their length (8 x 5 for a2c, 4 x 128 for ppo), at one lr."""
+    rows = []
+    for algo, envs, steps in (("a2c", 8, 5), ("ppo", 4, 128)):
+        for num_envs, rollout_steps, level in ((1, 1, 10.0), (envs, steps, 100.0)):
+            rows += [{"algo": algo, "env": "cartpole", "reduction": "mean", "optim": "adam",
+                      "lr": 1e-3, "algo.num_envs": num_envs, "algo.rollout_steps": rollout_steps,
+                      "run_key": f"{algo}-{rollout_steps}", "seed": seed,
+                      "stream": f"{algo}-{rollout_steps}-{seed}",
+                      "auc": level + rng.normal(0, 1), "final_return": level}
+                     for seed in SEEDS]
+    return pd.DataFrame(rows)
+
+
+def test_varies_with_lets_a_claim_compare_schedules_that_change_two_columns() -> None:
+    """rollout_beats_stepwise compares rollout_steps 1 with 5 (a2c) and 128 (ppo), whose
+    num_envs differ too: without varies_with the two never share a family."""
+    claim = next(c for c in claims.load_claims() if c.id == "rollout_beats_stepwise")
+    per_seed = schedule_seeds(np.random.default_rng(0)).assign(
+        **{"algo.num_minibatches": 1, "algo.update_epochs": 1})
+    cells = ["algo", "env", "reduction", "optim", "lr", "algo.num_envs", "algo.rollout_steps"]
+    settings = ReportSettings(n_resamples=200)
+
+    result = claims.evaluate(claim, per_seed, cells, settings)
+
+    auc = result.comparisons[result.comparisons["metric"] == "auc"]
+    assert sorted(auc["treatment"]) == ["128", "5"]
+    assert set(auc["verdict"]) == {"supported"}
+    assert set(result.summary["verdict"]) == {"supported"}
+    without = replace(claim, varies_with=())
+    assert claims.evaluate(without, per_seed, cells, settings).comparisons.empty
+
+    # Two env counts at one rollout length in one family would pool two configurations.
+    pooled = pd.concat([per_seed, per_seed[per_seed["algo.rollout_steps"] == 5].assign(
+        **{"algo.num_envs": 16, "run_key": "a2c-16"})])
+    with pytest.raises(claims.ClaimError, match=r"varies_with \['algo.num_envs'\] takes several"):
+        claims.evaluate(claim, pooled, cells, settings)
