@@ -192,11 +192,13 @@ def verdict(row: pd.Series | dict[str, Any], prediction: str, margin: float,
 @dataclass(frozen=True)
 class ClaimResult:
     """A claim's comparisons (one row per condition x view x grid point x treatment x metric,
-    with the statistics and the verdict) and their summary per condition and view."""
+    with the statistics and the verdict) and their summary per condition and view; where
+    there is no comparison, ``missing`` says why (`why_no_comparison`)."""
 
     claim: Claim
     comparisons: pd.DataFrame
     summary: pd.DataFrame
+    missing: str = ""
 
 
 def evaluate(claim: Claim, per_seed: pd.DataFrame, cells: Sequence[str],
@@ -231,7 +233,31 @@ def evaluate(claim: Claim, per_seed: pd.DataFrame, cells: Sequence[str],
         len(p) for p in parts) else pd.DataFrame()
     if len(comparisons) and claim.compare != "reduction":
         comparisons = comparisons.rename(columns={"reduction_": "reduction"})
-    return ClaimResult(claim, comparisons, summarise(claim, comparisons))
+    missing = why_no_comparison(claim, frame, family_columns) if comparisons.empty else ""
+    return ClaimResult(claim, comparisons, summarise(claim, comparisons), missing)
+
+
+def why_no_comparison(claim: Claim, frame: pd.DataFrame, family_columns: Sequence[str]) -> str:
+    """Why a claim's slice (``frame``, its ``compare`` column named ``reduction``) gave no
+    comparison: no cell at all, no control or no treatment cell, or control and treatment
+    cells that never share a family because another column differs between them."""
+    if frame.empty:
+        return "the results hold no cell of the claim's slice (its select and exclude)"
+    compared = frame["reduction"]
+    present = sorted(set(compared))
+    if claim.control not in present:
+        return f"no cell has {claim.compare}={claim.control} (the slice has {present})"
+    treated = compared != claim.control
+    if claim.treatment != "*":
+        treated &= compared.isin(claim.treatment)
+    if not treated.any():
+        return (f"no cell has a treatment value of {claim.compare} (the slice has {present})")
+    control = frame[compared == claim.control]
+    apart = [c for c in family_columns
+             if not set(control[c].map(_label)) & set(frame.loc[treated, c].map(_label))]
+    return (f"its control and treatment cells never share a family: they differ in "
+            f"{apart or 'a combination of columns'} as well; name such columns in the claim's "
+            f"varies_with if they change together with {claim.compare}")
 
 
 def _check_one_cell_per_value(claim: Claim, frame: pd.DataFrame,
@@ -286,5 +312,24 @@ def summarise(claim: Claim, comparisons: pd.DataFrame) -> pd.DataFrame:
         else:
             text = ", ".join(f"{v} at {n} of {total}" for v, n in counts.items())
         rows.append({**dict(zip(keys, key, strict=True)), "control": claim.control,
-                     "metric": claim.metrics[0], "grid_points": total, "verdict": text})
+                     "metric": claim.metrics[0], "grid_points": total,
+                     "seeds": seed_counts(group), "verdict": text})
     return pd.DataFrame(rows)
+
+
+def seed_counts(comparisons: pd.DataFrame) -> str:
+    """Seeds per side behind a verdict, treatment vs control (``n``, ``n_reference``: those
+    with a value of the metric), as a range where the grid points differ: ``"10 vs 10"``,
+    ``"8-10 vs 10"``; ``""`` when the table has no counts."""
+    if not {"n", "n_reference"} <= set(comparisons.columns):
+        return ""
+
+    def span(values: pd.Series) -> str:
+        values = values.dropna().astype(int)
+        if values.empty:
+            return "?"
+        low, high = values.min(), values.max()
+        return str(low) if low == high else f"{low}-{high}"
+
+    return f"{span(comparisons['n'])} vs {span(comparisons['n_reference'])}"
+

@@ -2,9 +2,10 @@
 ``python -m analysis.findings [--write README.md]``.
 
 Reads every ``findings/<study>/claims.csv`` (written by `analysis.evidence`) and renders one
-verdict table: claim, condition, view, comparison, verdict, and the study folder it comes
-from. ``--write`` replaces the text between `START` and `END` in the given file; without it
-the table is printed. A test checks that README's section equals what this renders.
+verdict table: claim, condition, view, comparison, seeds per side, verdict, and the study
+folder it comes from. ``--write`` replaces the text between `START` and `END` in the given
+file; without it the table is printed. A test checks that README's section equals what this
+renders.
 """
 
 from __future__ import annotations
@@ -58,13 +59,19 @@ def render(findings_dir: Path = FINDINGS_DIR) -> str:
     table = verdicts(findings_dir)
     if table.empty:
         return "No study's evidence is committed yet (`findings/` is empty).\n"
-    shown = table[["claim", "condition", "view", "comparison", "verdict", "evidence"]]
+    # Seeds per side (treatment vs control); folders exported before claims.csv carried the
+    # count show a dash (their claim-<id>.csv has n and n_reference per comparison).
+    seeds = table["seeds"] if "seeds" in table else pd.Series(index=table.index, dtype=object)
+    shown = table.assign(seeds=seeds.fillna("\u2014"))[
+        ["claim", "condition", "view", "comparison", "seeds", "verdict", "evidence"]]
     cite = "\n".join(f"- `{folder}`: made at commit {commits}"
                      for folder, commits in evidence_commits(findings_dir).items())
     return (
         "Verdicts of the claims (`conf/claims/`) on the committed evidence (each folder's "
         "README says which command, commit and machine made it; `report.md` there has the "
-        "statistics behind every verdict):\n\n" + markdown_table(shown) + "\n\n"
+        "statistics behind every verdict; seeds: per side, treatment vs control, a range "
+        "where the grid points differ; \u2014: not in that folder's `claims.csv`, see its "
+        "`claim-<id>.csv`):\n\n" + markdown_table(shown) + "\n\n"
         f"**How to cite.** pg-reduction-bench version {suite_version()} (`CITATION.cff`), "
         "and the commit that made the evidence a number comes from (`+dirty`: the tree had "
         "uncommitted changes then; the folder's README names the command):\n\n" + cite + "\n"

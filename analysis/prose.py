@@ -725,6 +725,7 @@ def verdict_table(results: Sequence[ClaimResult]) -> pd.DataFrame:
                 "comparison": f"{row['treatment']} vs {claim.control}",
                 "prediction": claim.prediction,
                 "metric": row["metric"],
+                "seeds": row["seeds"],
                 "verdict": row["verdict"],
             })
     return pd.DataFrame(rows)
@@ -769,7 +770,8 @@ def claims_blocks(
                       f"`{Path(claim.path).name}`)."),
         ]
         if result.comparisons.empty:
-            blocks.append(Paragraph("No comparison of this claim has data here."))
+            blocks.append(Paragraph(f"No comparison of this claim has data here: "
+                                    f"{result.missing}."))
             continue
         if claim.id in by_id:
             png, pdf = by_id[claim.id]

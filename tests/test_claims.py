@@ -159,7 +159,8 @@ def test_findings_section_replacement(tmp_path: Path) -> None:
 
     assert replaced.startswith("intro\n") and replaced.endswith(f"{findings.END}\nrest\n")
     assert "stale table" not in replaced
-    assert "| c | env=x | matched_lr | sum vs mean | supported | findings/study |" in replaced
+    row = "| c | env=x | matched_lr | sum vs mean | \u2014 | supported | findings/study |"
+    assert row in replaced  # no seeds column in that claims.csv: a dash
     with pytest.raises(ValueError, match="markers"):
         findings.replace_section("no markers", "x")
 
@@ -241,8 +242,13 @@ def test_varies_with_lets_a_claim_compare_schedules_that_change_two_columns() ->
     assert sorted(auc["treatment"]) == ["128", "5"]
     assert set(auc["verdict"]) == {"supported"}
     assert set(result.summary["verdict"]) == {"supported"}
-    without = replace(claim, varies_with=())
-    assert claims.evaluate(without, per_seed, cells, settings).comparisons.empty
+    assert set(result.summary["seeds"]) == {"12 vs 12"}
+    without = claims.evaluate(replace(claim, varies_with=()), per_seed, cells, settings)
+    assert without.comparisons.empty
+    assert "differ in ['algo.num_envs'] as well" in without.missing
+    stepwise_only = per_seed[per_seed["algo.rollout_steps"] == 1]
+    assert "no cell has a treatment value" in claims.evaluate(
+        claim, stepwise_only, cells, settings).missing
 
     # Two env counts at one rollout length in one family would pool two configurations.
     pooled = pd.concat([per_seed, per_seed[per_seed["algo.rollout_steps"] == 5].assign(
