@@ -24,7 +24,9 @@ Each claim of the seed texts (``../shared/seeds``) is one YAML file in ``conf/cl
   condition the other cell columns (lr, ...) are the grid the claim must hold over;
 - ``views``: ``matched_lr`` (treatment and control at the same lr, every lr of the grid) and
   ``best_lr`` (each at its own best lr, chosen on even seeds and tested on odd seeds, as in
-  the report's best-lr tables; only where lr is swept and ``compare`` is ``reduction``).
+  the report's best-lr tables; only where lr is swept). For a schedule knob (epochs,
+  minibatches, rollout length) the fair comparison is this one: more updates per rollout at
+  one lr act like a larger lr, so matched lrs confound the knob with the step size.
 
 A verdict per comparison (`verdict`), computed from the report's tables
 (`analysis.tables`: exact rank test, Holm within the family, P(X>Y) with its calibrated
@@ -224,7 +226,7 @@ def evaluate(claim: Claim, per_seed: pd.DataFrame, cells: Sequence[str],
                                               compare_settings)
             parts.append(_comparison_rows(table.rows, "matched_lr", metric, claim))
         swept = frame.groupby([c for c in family_columns if c != "lr"], dropna=False)["lr"]
-        if ("best_lr" in claim.views and claim.compare == "reduction"
+        if ("best_lr" in claim.views
                 and metric != "steps_to_threshold" and (swept.nunique() > 1).any()):
             table = tables.best_lr_table(frame, [c for c in family_columns if c != "lr"], metric,
                                          order, compare_settings)

@@ -219,11 +219,11 @@ def schedule_seeds(rng: np.random.Generator) -> pd.DataFrame:
     for algo, envs, steps in (("a2c", 8, 5), ("ppo", 4, 128)):
         for num_envs, rollout_steps, level in ((1, 1, 10.0), (envs, steps, 100.0)):
             rows += [{"algo": algo, "env": "cartpole", "reduction": "mean", "optim": "adam",
-                      "lr": 1e-3, "algo.num_envs": num_envs, "algo.rollout_steps": rollout_steps,
-                      "run_key": f"{algo}-{rollout_steps}", "seed": seed,
-                      "stream": f"{algo}-{rollout_steps}-{seed}",
-                      "auc": level + rng.normal(0, 1), "final_return": level}
-                     for seed in SEEDS]
+                      "lr": lr, "algo.num_envs": num_envs, "algo.rollout_steps": rollout_steps,
+                      "run_key": f"{algo}-{rollout_steps}-{lr}", "seed": seed,
+                      "stream": f"{algo}-{rollout_steps}-{lr}-{seed}",
+                      "auc": level * (1 + lr) + rng.normal(0, 1), "final_return": level}
+                     for seed in SEEDS for lr in (1e-3, 3e-3)]
     return pd.DataFrame(rows)
 
 
@@ -239,10 +239,14 @@ def test_varies_with_lets_a_claim_compare_schedules_that_change_two_columns() ->
     result = claims.evaluate(claim, per_seed, cells, settings)
 
     auc = result.comparisons[result.comparisons["metric"] == "auc"]
-    assert sorted(auc["treatment"]) == ["128", "5"]
+    matched, best = (auc[auc["view"] == view] for view in ("matched_lr", "best_lr"))
+    assert sorted(matched["treatment"]) == ["128", "128", "5", "5"]  # at each of 2 lrs
+    assert sorted(best["treatment"]) == ["128", "5"]  # each side at its own best lr
     assert set(auc["verdict"]) == {"supported"}
-    assert set(result.summary["verdict"]) == {"supported"}
-    assert set(result.summary["seeds"]) == {"12 vs 12"}
+    summary = result.summary.set_index("view")
+    assert set(summary["verdict"]) == {"supported (all 2)", "supported"}
+    assert set(summary.loc["matched_lr", "seeds"]) == {"12 vs 12"}
+    assert set(summary.loc["best_lr", "seeds"]) == {"6 vs 6"}  # the odd (test) seeds
     without = claims.evaluate(replace(claim, varies_with=()), per_seed, cells, settings)
     assert without.comparisons.empty
     assert "differ in ['algo.num_envs'] as well" in without.missing
