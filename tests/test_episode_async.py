@@ -20,11 +20,13 @@ FIELDS = ("obs", "next_obs", "actions", "log_probs", "rewards", "trajectory", "l
 
 def episode_collector(seeds: list[int], num_envs: int, episodes: int,
                       ready_fraction: float | None = None,
-                      backend: str = "torch") -> EpisodeCollector:
+                      backend: str = "torch",
+                      group_ratio: float | None = None) -> EpisodeCollector:
     env_cfg = {"id": "CartPole-v1", "max_episode_steps": 500, "backend": backend, "kwargs": {}}
     envs = make_seed_envs(env_cfg, seeds, num_envs, CPU)
     policy = Policy(seeds, 4, 2, True, [16], "tanh", 0.0)
-    return EpisodeCollector(envs, policy, SeedNoise(seeds, CPU), episodes, CPU, ready_fraction)
+    return EpisodeCollector(envs, policy, SeedNoise(seeds, CPU), episodes, CPU, ready_fraction,
+                            group_ratio)
 
 
 def run(collect: EpisodeCollector, wanted: int) -> tuple[list[list[dict]], list[np.ndarray]]:
@@ -66,15 +68,18 @@ def assert_same_batches(actual: list[dict], expected: list[dict]) -> None:
             np.testing.assert_array_equal(got_column, want_column)
 
 
-@pytest.mark.parametrize("backend, num_envs, episodes, ready_fraction", [
-    ("torch", 1, 1, 0.5), ("torch", 2, 3, 0.5), ("torch", 1, 2, 0.01), ("torch", 2, 3, 1.0),
-    ("gymnasium", 2, 3, 0.5),
+@pytest.mark.parametrize("backend, num_envs, episodes, ready_fraction, group_ratio", [
+    ("torch", 1, 1, 0.5, None), ("torch", 2, 3, 0.5, None), ("torch", 1, 2, 0.01, None),
+    ("torch", 2, 3, 1.0, None), ("gymnasium", 2, 3, 0.5, None),
+    ("torch", 1, 1, *EpisodeCollector.PER_STEP_SCHEDULE), ("torch", 1, 1, 0.5, 1.0),
 ])
 def test_each_slot_collects_what_it_collects_alone_whatever_the_schedule(
-        backend: str, num_envs: int, episodes: int, ready_fraction: float) -> None:
+        backend: str, num_envs: int, episodes: int, ready_fraction: float,
+        group_ratio: float | None) -> None:
     seeds, wanted = [0, 1, 2, 3, 4, 5], 4
     packed, handed_out = run(
-        episode_collector(seeds, num_envs, episodes, ready_fraction, backend), wanted)
+        episode_collector(seeds, num_envs, episodes, ready_fraction, backend, group_ratio),
+        wanted)
     for s, seed in enumerate(seeds):
         alone, _ = run(episode_collector([seed], num_envs, episodes, backend=backend), wanted)
         assert_same_batches(packed[s], alone[0])
@@ -108,6 +113,8 @@ def test_a_slot_whose_batch_is_complete_updates_before_a_slower_one_finishes() -
 def test_ready_fraction_must_lie_in_the_unit_interval() -> None:
     with pytest.raises(ValueError, match="ready_fraction"):
         episode_collector([0], 1, 1, ready_fraction=0.0)
+    with pytest.raises(ValueError, match="group_ratio"):
+        episode_collector([0], 1, 1, group_ratio=0.5)
 
 
 def test_only_slots_computes_those_slots_bitwise_and_leaves_the_others_untouched() -> None:

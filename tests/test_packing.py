@@ -69,6 +69,12 @@ CASES = {
                   "reduction=per_step"],
                  ["optim.lr=0.001", "seeds=[0,1]"],
                  [["optim.lr=0.01", "algo.value_coef=1.0", "seeds=[1,2]"]]),
+    # The VPG write-up's loop: one episode per update, handed out on per_step's schedule.
+    "reinforce_per_step": (["algo=reinforce", "algo.episodes_per_update=1",
+                            "algo.baseline=none", "reduction=per_step", "optim=adam",
+                            "total_steps=1500"],
+                           ["optim.lr=0.01", "seeds=[0,1]"],
+                           [["optim.lr=0.03", "seeds=[1,2,3]"], ["optim.lr=0.001", "seeds=[4]"]]),
 }
 
 

@@ -142,7 +142,10 @@ def train(slots: Slots, recorder: PackRecorder, progress: ProgressLine) -> np.nd
                     for name in ("gamma", "entropy_coef", "value_coef")}
     noise = SeedNoise(seeds, device)
     if algo["batch_unit"] == "episodes":
-        collector = EpisodeCollector(envs, policy, noise, algo["episodes_per_update"], device)
+        # The hand-out schedule is for speed only: a slot's batches are its own either way.
+        schedule = EpisodeCollector.PER_STEP_SCHEDULE if reduction.per_step else (None, None)
+        collector = EpisodeCollector(envs, policy, noise, algo["episodes_per_update"], device,
+                                     *schedule)
     else:
         collector = StepCollector(envs, policy, noise, algo["steps_per_update"], device)
     books = Bookkeeping(slots, recorder, progress)
