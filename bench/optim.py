@@ -20,11 +20,13 @@ for other S (a slot's forward pass would then depend on what shares its process)
 
 Why row blocks: on CPU the update's dozen elementwise passes over ``[S, P]`` buffers of
 megabytes are bound by memory traffic, so they run block by block of rows
-(`CPU_BLOCK_ELEMENTS` elements, a few hundred kB per buffer), each block's whole chain while
-it sits in the core's cache (one Adam step of a 64x64 actor-critic at S=120: 13.9 -> 12.1 ms,
-on busy cores; no gain at S=10, where there are one or two blocks). An elementwise op's
-result for an element does not depend on which other elements it runs with, so the blocks
-change no bit; on other devices the buffers are one block (each op is one kernel launch).
+(`CPU_BLOCK_ELEMENTS` elements, a megabyte per buffer), each block's whole chain while it
+sits in the core's caches (one Adam step of a 64x64 actor-critic at S=120: 13.9 -> 12.1 ms
+with blocks of 2^16 elements, on busy cores; blocks of 2^18 then took 5.0-5.7 ms where 2^16
+took 6.6-7.1 ms, and 2.3-2.6 against 3.4-3.6 ms at S=60, both measured side by side with a
+two-job sweep on the other core, 2026-12-04; no gain at S=10, one or two blocks). An
+elementwise op's result for an element does not depend on which other elements it runs with,
+so the blocks change no bit; on other devices the buffers are one block (each op is one kernel launch).
 
 Why only plain elementwise ops (add, sub, mul, div, sqrt; no lerp, addcmul, addcdiv, pow): a
 slot's update must be bitwise the same whatever else shares its job. A plain op is rounded
@@ -50,9 +52,9 @@ warnings.filterwarnings("ignore", message="grad and param do not obey the gradie
 
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
 
-# Elements of a row block of the CPU update (see the module docstring): 2^16 float32 values,
-# 256 kB per buffer, so that the five or six buffers an update touches stay in a 2 MB cache.
-CPU_BLOCK_ELEMENTS = 1 << 16
+# Elements of a row block of the CPU update (see the module docstring): 2^18 float32 values,
+# 1 MB per buffer (the five or six buffers an update touches stay in the shared L3 cache).
+CPU_BLOCK_ELEMENTS = 1 << 18
 
 # Per optimiser, the hyperparameters of a slot's `optim` config that must be >= 0, as
 # torch.optim checks them (Adam's betas must lie in [0, 1), checked apart).
