@@ -76,7 +76,7 @@ def run_slice(experiment: str, overrides: Sequence[str], results_dir: Path) -> P
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point (see the module docstring)."""
     parser = ArgumentParser(prog="python -m analysis.verify", description=__doc__)
-    parser.add_argument("evidence", type=Path, help="e.g. findings/seed_claims_003_sum_mean")
+    parser.add_argument("evidence", type=Path, help="e.g. findings/seed_claims_003")
     parser.add_argument("--experiment", required=True, help="the preset, e.g. seed_claims_003")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides that narrow the grid")
     args = parser.parse_intermixed_args(argv)

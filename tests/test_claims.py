@@ -170,7 +170,7 @@ def test_verify_reproduces_the_committed_evidence() -> None:
     evidence was made on, the seeds of the committed seed_claims_003 study are reproduced bit
     for bit in a different pack; elsewhere verify lists every difference and says that the CPU
     differs (the evidence's CPU is not recorded, or another one)."""
-    evidence = REPO_ROOT / "findings" / "seed_claims_003_sum_mean"
+    evidence = REPO_ROOT / "findings" / "seed_claims_003"
     slice_args = ["--experiment", "seed_claims_003", "env=cartpole", "optim=sgd",
                   "optim.lr=0.01", "reduction=sum,mean", "seeds=[3,8]"]
     command = [sys.executable, "-m", "analysis.verify"]
