@@ -334,4 +334,3 @@ def seed_counts(comparisons: pd.DataFrame) -> str:
         return str(low) if low == high else f"{low}-{high}"
 
     return f"{span(comparisons['n'])} vs {span(comparisons['n_reference'])}"
-
