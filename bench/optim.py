@@ -26,7 +26,8 @@ with blocks of 2^16 elements, on busy cores; blocks of 2^18 then took 5.0-5.7 ms
 took 6.6-7.1 ms, and 2.3-2.6 against 3.4-3.6 ms at S=60, both measured side by side with a
 two-job sweep on the other core, 2026-12-04; no gain at S=10, one or two blocks). An
 elementwise op's result for an element does not depend on which other elements it runs with,
-so the blocks change no bit; on other devices the buffers are one block (each op is one kernel launch).
+so the blocks change no bit; on other devices the buffers are one block (each op is one
+kernel launch).
 
 Why only plain elementwise ops (add, sub, mul, div, sqrt; no lerp, addcmul, addcdiv, pow): a
 slot's update must be bitwise the same whatever else shares its job. A plain op is rounded
