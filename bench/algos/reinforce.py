@@ -143,9 +143,10 @@ def train(slots: Slots, recorder: PackRecorder, progress: ProgressLine) -> np.nd
     noise = SeedNoise(seeds, device)
     if algo["batch_unit"] == "episodes":
         # The hand-out schedule is for speed only: a slot's batches are its own either way.
-        schedule = EpisodeCollector.PER_STEP_SCHEDULE if reduction.per_step else (None, None)
+        ready_fraction, group_ratio = (EpisodeCollector.PER_STEP_SCHEDULE if reduction.per_step
+                                       else (None, None))
         collector = EpisodeCollector(envs, policy, noise, algo["episodes_per_update"], device,
-                                     *schedule)
+                                     ready_fraction=ready_fraction, group_ratio=group_ratio)
     else:
         collector = StepCollector(envs, policy, noise, algo["steps_per_update"], device)
     books = Bookkeeping(slots, recorder, progress)
