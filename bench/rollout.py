@@ -263,13 +263,9 @@ class EpisodeCollector(_Collector):
     READY_FRACTION = 0.35
     GROUP_RATIO = 4.0
     # per_step's update is a loop of one forward and backward pass per step position of the
-    # longest batch it gets, whatever the number of slots in it (about 0.6 ms a position), so
-    # it wants fewer, fuller hand-outs and no groups. Measured on a 9-point x 4-seed CartPole
-    # per_step pack (REINFORCE, Adam, rates 1e-5..1e-1, 10k steps per slot; two runs side by
-    # side on 2 cores, 2026-12-04): (0.35, 4) 110.8 s, (0.7, none) 87.0 s; alone or in other
-    # pairs (0.35, 4) 98-108 s, (0.15, none) 132 s, (1.0, none) 103 s. At seed_claims_003's
-    # size (20 seeds, 180 slots, 10k steps, side by side) no gain: 224.6 s against 230.9 s.
-    # Same rows bit for bit.
+    # longest batch it gets, whatever the number of slots in it, so it wants fewer, fuller
+    # hand-outs and one group: 1.27x on a 36-slot pack, no gain at 180 slots (measured in
+    # docs/performance.md, "Episode batches without lockstep").
     PER_STEP_SCHEDULE = (0.7, math.inf)
 
     def __init__(
