@@ -105,18 +105,31 @@ def build_length_tables(
 
 
 def judge_claims(
-    dataset: Dataset, per_seed: pd.DataFrame, cells: list[str], settings: ReportSettings
+    experiment: str, per_seed: pd.DataFrame, cells: list[str], settings: ReportSettings
 ) -> tuple[list[ClaimResult], list[str]]:
-    """The verdicts of the claims judged on this experiment (``conf/claims/*.yaml`` whose
-    ``experiment`` is this folder's name), and one message per claim that cannot be judged
-    on these data."""
+    """The verdicts of the claims judged on ``experiment`` (``conf/claims/*.yaml`` whose
+    ``experiment`` is that name), and one message per claim that cannot be judged on these
+    data."""
     results, errors = [], []
-    for claim in load_claims(experiment=Path(dataset.experiment_dir).resolve().name):
+    for claim in load_claims(experiment=experiment):
         try:
             results.append(evaluate(claim, per_seed, cells, settings))
         except ClaimError as error:
             errors.append(str(error))
     return results, errors
+
+
+def write_claim_files(
+    results: Sequence[ClaimResult], report_dir: Path, settings: ReportSettings
+) -> figures.FigureFiles:
+    """Each claim's comparisons (``claim-<id>.csv``), the verdict table (``claims.csv``) and
+    the claim figures; returns the figures."""
+    for result in results:
+        if len(result.comparisons):
+            result.comparisons.to_csv(report_dir / f"claim-{result.claim.id}.csv", index=False)
+    if results:
+        verdict_table(results).to_csv(report_dir / "claims.csv", index=False)
+    return figures.write_claim_figures(results, report_dir, settings)
 
 
 def write_report_files(dataset: Dataset, settings: ReportSettings, report_dir: Path) -> Path:
@@ -147,13 +160,9 @@ def write_report_files(dataset: Dataset, settings: ReportSettings, report_dir: P
     judged = per_seed if responses is None else per_seed.merge(
         responses.per_seed[["run_key", "seed", *LENGTH_METRICS]], on=["run_key", "seed"],
         how="left")
-    claim_results, claim_errors = judge_claims(dataset, judged, cells, settings)
-    for result in claim_results:
-        if len(result.comparisons):
-            result.comparisons.to_csv(report_dir / f"claim-{result.claim.id}.csv", index=False)
-    if claim_results:
-        verdict_table(claim_results).to_csv(report_dir / "claims.csv", index=False)
-    figure_files["claims"] = figures.write_claim_figures(claim_results, report_dir, settings)
+    claim_results, claim_errors = judge_claims(
+        Path(dataset.experiment_dir).resolve().name, judged, cells, settings)
+    figure_files["claims"] = write_claim_files(claim_results, report_dir, settings)
 
     length_tables = [] if responses is None else build_length_tables(responses, cells, settings)
     for table in length_tables:
@@ -213,23 +222,23 @@ def write_report(experiment_dir: Path, settings: ReportSettings | None = None) -
     return final / "index.md"
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    """The command line: the experiment directory and the report settings."""
+def add_settings_arguments(parser: argparse.ArgumentParser, curves: bool = True) -> None:
+    """The report settings as options; ``curves=False`` leaves out those that the per-seed
+    metrics are computed with (grid points, final and threshold fractions), for commands
+    that start from per-seed metrics already computed."""
     defaults = ReportSettings()
-    parser = ArgumentParser(
-        prog="python -m analysis.report",
-        description="Write <experiment_dir>/report/ from the results in <experiment_dir>/data/.",
-    )
-    parser.add_argument("experiment_dir", type=Path, help="e.g. results/quick")
     parser.add_argument("--reference", default=defaults.reference, choices=REDUCTIONS,
                         help="reduction every other one is compared with (default: %(default)s)")
-    parser.add_argument("--grid-points", type=int, default=defaults.grid_points,
-                        help="env-step grid points per learning curve (default: %(default)s)")
-    parser.add_argument("--final-fraction", type=float, default=defaults.final_fraction,
-                        help="share of the run averaged by the final return (default: %(default)s)")
-    parser.add_argument("--threshold-fraction", type=float, default=defaults.threshold_fraction,
-                        help="normalised score whose return is the steps-to-threshold target "
-                        "(default: %(default)s)")
+    if curves:
+        parser.add_argument("--grid-points", type=int, default=defaults.grid_points,
+                            help="env-step grid points per learning curve (default: %(default)s)")
+        parser.add_argument("--final-fraction", type=float, default=defaults.final_fraction,
+                            help="share of the run averaged by the final return "
+                            "(default: %(default)s)")
+        parser.add_argument("--threshold-fraction", type=float,
+                            default=defaults.threshold_fraction,
+                            help="normalised score whose return is the steps-to-threshold "
+                            "target (default: %(default)s)")
     parser.add_argument("--selection-metric", choices=figures.CONTINUOUS_METRICS,
                         default=defaults.selection_metric,
                         help="metric that picks each reduction's best lr on the even seeds "
@@ -241,36 +250,52 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "(default: %(default)s)")
     parser.add_argument("--resamples", type=int, default=defaults.n_resamples,
                         help="bootstrap resamples per interval (default: %(default)s)")
-    args = parser.parse_args(argv)
-    if args.grid_points < 1:
-        parser.error(f"--grid-points must be at least 1, got {args.grid_points}")
-    if not 0 < args.final_fraction <= 1:
-        parser.error(f"--final-fraction must be in (0, 1], got {args.final_fraction}")
-    if not 0 < args.threshold_fraction <= 1:
-        parser.error(f"--threshold-fraction must be in (0, 1], got {args.threshold_fraction}")
+
+
+def settings_from_arguments(
+    args: argparse.Namespace, parser: argparse.ArgumentParser
+) -> ReportSettings:
+    """The settings of parsed `add_settings_arguments` options, each checked (a bad value is
+    the parser's one-line error)."""
+    defaults = ReportSettings()
+    grid_points = getattr(args, "grid_points", defaults.grid_points)
+    final_fraction = getattr(args, "final_fraction", defaults.final_fraction)
+    threshold_fraction = getattr(args, "threshold_fraction", defaults.threshold_fraction)
+    if grid_points < 1:
+        parser.error(f"--grid-points must be at least 1, got {grid_points}")
+    if not 0 < final_fraction <= 1:
+        parser.error(f"--final-fraction must be in (0, 1], got {final_fraction}")
+    if not 0 < threshold_fraction <= 1:
+        parser.error(f"--threshold-fraction must be in (0, 1], got {threshold_fraction}")
     if not 0 < args.alpha < 1:
         parser.error(f"--alpha must be in (0, 1), got {args.alpha}")
     if not 0 < args.power < 1:
         parser.error(f"--power must be in (0, 1), got {args.power}")
     if args.resamples < 100:
         parser.error(f"--resamples must be at least 100, got {args.resamples}")
-    return args
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status (2 when the experiment has no usable data or the
-    report cannot be written)."""
-    args = parse_args(argv)
-    settings = ReportSettings(
-        grid_points=args.grid_points,
-        final_fraction=args.final_fraction,
+    return ReportSettings(
+        grid_points=grid_points,
+        final_fraction=final_fraction,
         reference=args.reference,
-        threshold_fraction=args.threshold_fraction,
+        threshold_fraction=threshold_fraction,
         selection_metric=args.selection_metric,
         alpha=args.alpha,
         power=args.power,
         n_resamples=args.resamples,
     )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status (2 when the experiment has no usable data or the
+    report cannot be written)."""
+    parser = ArgumentParser(
+        prog="python -m analysis.report",
+        description="Write <experiment_dir>/report/ from the results in <experiment_dir>/data/.",
+    )
+    parser.add_argument("experiment_dir", type=Path, help="e.g. results/quick")
+    add_settings_arguments(parser)
+    args = parser.parse_args(argv)
+    settings = settings_from_arguments(args, parser)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", SkippedFileWarning)
         try:
