@@ -166,3 +166,39 @@ def test_parts_that_cannot_be_one_study_are_refused_before_any_write(
 def test_a_study_folder_without_parts_needs_them_named(tmp_path: Path) -> None:
     with pytest.raises(combine.CombineError, match="has no parts/ folder"):
         combine.part_sources(tmp_path, [])
+
+
+COMBINED = sorted(p.parent for p in (REPO_ROOT / "findings").glob(f"*/{combine.PARTS_DIRNAME}"))
+
+
+@pytest.mark.parametrize("study", COMBINED, ids=[p.name for p in COMBINED])
+def test_committed_combined_studies_hold_the_union_of_their_parts(study: Path) -> None:
+    """A committed study made by `analysis.combine`: its per-seed metrics are its parts'
+    together, seed for seed, and its README names every part."""
+    parts = sorted((study / combine.PARTS_DIRNAME).iterdir())
+    union = pd.concat([pd.read_csv(p / "per_seed_metrics.csv") for p in parts])
+    committed = pd.read_csv(study / "per_seed_metrics.csv")
+    order = [c for c in committed.columns if c not in combine.PER_SEED_COLUMNS] + ["seed"]
+    pd.testing.assert_frame_equal(
+        committed.sort_values(order).reset_index(drop=True),
+        union.sort_values(order).reset_index(drop=True))
+    readme = (study / "README.md").read_text()
+    assert all(f"`{combine.PARTS_DIRNAME}/{p.name}`" in readme for p in parts)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("study", COMBINED, ids=[p.name for p in COMBINED])
+def test_committed_verdicts_are_what_their_parts_give(study: Path, tmp_path: Path) -> None:
+    """Re-judged from its committed parts, a study gives its committed verdicts (a claim file
+    or a test changed without re-judging the evidence shows here)."""
+    destination = tmp_path / study.name
+    parts = [f"{p.name}={p}" for p in sorted((study / combine.PARTS_DIRNAME).iterdir())]
+
+    result = subprocess.run(
+        [sys.executable, "-m", "analysis.combine", str(destination),
+         *[arg for part in parts for arg in ("--part", part)]],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=1800)
+
+    assert result.returncode == 0, result.stderr
+    for name in ("claims.csv", "summary.csv"):
+        assert (destination / name).read_bytes() == (study / name).read_bytes(), name
