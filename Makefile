@@ -82,7 +82,8 @@ findings: $(STAMP)
 	$(PY) -m analysis.findings --write README.md
 
 # Re-runs a slice of the committed seed_claims_003 evidence (80 slots, about 2.5 minutes on
-# one core) and checks every seed against findings/ bit for bit (analysis/verify.py).
+# one core) and checks every seed against findings/ bit for bit (analysis/verify.py); on another
+# CPU type, in distribution and by the claims' verdicts on the slice instead.
 VERIFY_SLICE ?= env=cartpole optim=sgd optim.lr=1e-4,1e-2 reduction=sum,mean
 verify: $(STAMP)
 	$(PY) -m analysis.verify findings/seed_claims_003 --experiment seed_claims_003 $(VERIFY_SLICE)
