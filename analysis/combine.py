@@ -33,7 +33,6 @@ was.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import shutil
@@ -59,6 +58,7 @@ from analysis.prose import (
     claims_blocks,
     convergence_blocks,
     methods_blocks,
+    settings_text,
     significance_blocks,
     summary_blocks,
 )
@@ -71,6 +71,7 @@ from analysis.report import (
 )
 from analysis.responses import LENGTH_METRICS
 from analysis.settings import ReportSettings
+from analysis.staging import FolderNotWritable, write_whole
 
 PARTS_DIRNAME = "parts"
 PART_FILES = ("per_seed_metrics.csv", "curves.csv")
@@ -311,10 +312,7 @@ def report_blocks(name: str, parts: Sequence[Part], data: Union, command: str,
         Paragraph(
             f"Generated {generated} by `{command}` from the compact evidence of the parts "
             "below: their per-seed metrics as each part's report computed them, judged "
-            f"together. Reference reduction: `{settings.reference}`; significance level "
-            f"{settings.alpha}; intervals {settings.confidence:.0%}; bootstrap intervals "
-            f"{settings.n_resamples} resamples, seeded per cell and statistic from base seed "
-            f"{settings.bootstrap_seed}. The parts' raw results are not kept: aggregates "
+            f"together. {settings_text(settings)} The parts' raw results are not kept: aggregates "
             "across envs (reference scores) and per-episode detail are in each part's report."
         ),
         Table(part_rows(parts)),
@@ -392,22 +390,8 @@ def combine(destination: Path, specs: Sequence[str], experiment: str | None,
                            f"(DEST's folder name unless --experiment is given); valid: {known}")
     parts = [read_part(n, d) for n, d in part_sources(destination, specs)]
     data = union(parts)
-    parent = destination.resolve().parent
-    staging = parent / f".{name}.tmp-{os.getpid()}"
-    previous = parent / f".{name}.old-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
-        write_combined(staging, destination, experiment, parts, data, settings, command)
-        if destination.exists():
-            destination.rename(previous)
-        staging.rename(destination)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if previous.exists() and not destination.exists():
-            previous.rename(destination)
-        raise
-    shutil.rmtree(previous, ignore_errors=True)
+    write_whole(destination, lambda staging: write_combined(
+        staging, destination, experiment, parts, data, settings, command))
     return destination
 
 
@@ -428,7 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = shlex.join(["python", "-m", "analysis.combine", *argv])
     try:
         written = combine(args.destination, args.part, args.experiment, settings, command)
-    except CombineError as error:
+    except (CombineError, FolderNotWritable) as error:
         print(f"analysis.combine: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     size = sum(p.stat().st_size for p in written.rglob("*") if p.is_file())

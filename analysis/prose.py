@@ -60,10 +60,7 @@ def report_blocks(
         Heading(f"Report: {Path(dataset.experiment_dir).resolve().name}", 1),
         Paragraph(
             f"Generated {generated} by `python -m analysis.report {dataset.experiment_dir}` "
-            f"from `{Path(dataset.experiment_dir) / 'data'}`. Reference reduction: "
-            f"`{settings.reference}`; significance level {settings.alpha}; intervals "
-            f"{settings.confidence:.0%}; bootstrap intervals {settings.n_resamples} resamples, "
-            f"seeded per cell and statistic from base seed {settings.bootstrap_seed}. How every "
+            f"from `{Path(dataset.experiment_dir) / 'data'}`. {settings_text(settings)} How every "
             "number is computed: Metrics and Methods; what the data cover: Completeness."
         ),
         *claims_blocks(claim_results, claim_errors, figures.get("claims", []), settings),
@@ -85,6 +82,13 @@ def report_blocks(
         *provenance_blocks(dataset),
         *cells_blocks(per_seed, cells),
     ]
+
+
+def settings_text(settings: ReportSettings) -> str:
+    """The statistics' settings as the report's opening states them."""
+    return (f"Reference reduction: `{settings.reference}`; significance level {settings.alpha}; "
+            f"intervals {settings.confidence:.0%}; bootstrap intervals {settings.n_resamples} "
+            f"resamples, seeded per cell and statistic from base seed {settings.bootstrap_seed}.")
 
 
 def completeness_blocks(

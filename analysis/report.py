@@ -27,8 +27,6 @@ a failure never leaves a mix of old and new files. Which module does what: `anal
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
 import warnings
 from collections.abc import Sequence
@@ -56,6 +54,7 @@ from analysis.prose import aggregate_caption, gradient_caption, report_blocks, v
 from analysis.references import reference_scores
 from analysis.responses import LENGTH_METRICS, ResponseResults, response_results
 from analysis.settings import ReportSettings
+from analysis.staging import FolderNotWritable, write_whole
 from bench.schema import REDUCTIONS
 
 REPORT_DIRNAME = "report"
@@ -201,24 +200,10 @@ def write_report(experiment_dir: Path, settings: ReportSettings | None = None) -
     experiment_dir = Path(experiment_dir)
     dataset = load_dataset(experiment_dir, update_columns=SUMMARY_UPDATE_COLUMNS)
     final = experiment_dir / REPORT_DIRNAME
-    staging = experiment_dir / f".{REPORT_DIRNAME}.tmp-{os.getpid()}"
-    previous = experiment_dir / f".{REPORT_DIRNAME}.old-{os.getpid()}"
     try:
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir()
-    except OSError as error:
+        write_whole(final, lambda staging: write_report_files(dataset, settings, staging))
+    except FolderNotWritable as error:
         raise ReportError(f"cannot write the report next to {final}: {error.strerror}") from None
-    try:
-        write_report_files(dataset, settings, staging)
-        if final.exists():
-            final.rename(previous)
-        staging.rename(final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if previous.exists() and not final.exists():
-            previous.rename(final)
-        raise
-    shutil.rmtree(previous, ignore_errors=True)
     return final / "index.md"
 
 

@@ -15,7 +15,7 @@ either a failed reproduction (same machine) or another machine's rounding (train
 chaotic: one rounding difference changes a seed's whole run).
 
 On another CPU bit-identity is not expected, so two checks take its place, both on the slice's
-cells: the fresh seeds against the evidence's seeds of each cell in distribution
+cells: the fresh seeds against the evidence's values of the same seeds in distribution
 (`distribution_check`: the exact rank-sum test per cell and metric, Holm over all of them),
 and every claim comparison the slice holds judged on the fresh seeds and on the evidence's
 (`verdict_check`: the same verdict, or which one moved). Passing them says that no difference
@@ -41,6 +41,7 @@ from analysis.cells import compute_cell_metrics
 from analysis.claims import evaluate, load_claims
 from analysis.cli import ArgumentParser
 from analysis.evidence import MACHINE_FILE
+from analysis.formatting import family_label
 from analysis.load import SUMMARY_UPDATE_COLUMNS, DatasetError, cell_columns, load_dataset
 from analysis.references import reference_scores
 from analysis.settings import ReportSettings
@@ -132,8 +133,7 @@ def verdict_check(experiment: str, fresh: pd.DataFrame, evidence: pd.DataFrame,
                 "claim": claim.id,
                 "view": rows.get("view", pd.Series(dtype=str)),
                 "metric": rows.get("metric", pd.Series(dtype=str)),
-                "condition": [" \u00b7 ".join(f"{c}={r[c]}" for c in claim.conditions)
-                              for _, r in rows.iterrows()],
+                "condition": [family_label(r, claim.conditions) for _, r in rows.iterrows()],
                 "grid_point": [f"lr={r['lr']}" if r["view"] == "matched_lr" else "best lr"
                                for _, r in rows.iterrows()],
                 "treatment": rows.get("treatment", pd.Series(dtype=str)),
