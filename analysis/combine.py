@@ -49,7 +49,16 @@ from analysis.cells import PER_SEED_COLUMNS, summarize_cells
 from analysis.claims import load_claims
 from analysis.cli import ArgumentParser
 from analysis.document import Block, Heading, Paragraph, Table, to_markdown
-from analysis.evidence import CURVE_POINTS, MACHINE_FILE
+from analysis.evidence import (
+    COMMITS_LINE,
+    CPUS_LINE,
+    CURVE_POINTS,
+    MACHINE_FIELDS,
+    MACHINE_FILE,
+    provenance_command,
+    provenance_commits,
+    provenance_field,
+)
 from analysis.exports import write_table
 from analysis.formatting import compact_ranges
 from analysis.prose import (
@@ -67,9 +76,9 @@ from analysis.report import (
     build_tables,
     judge_claims,
     settings_from_arguments,
+    with_lengths,
     write_claim_files,
 )
-from analysis.responses import LENGTH_METRICS
 from analysis.settings import ReportSettings
 from analysis.staging import FolderNotWritable, write_whole
 
@@ -211,7 +220,6 @@ def curve_bands(data: Union, settings: ReportSettings) -> pd.DataFrame:
         # A cell whose seeds all diverged keeps its place with no seeds, as in the report.
         healthy = wide[~diverged.reindex(wide.index, fill_value=False).to_numpy()]
         band = metrics.curve_band(healthy, settings.confidence)
-        band.index.name = "env_step"
         parts.append(band.reset_index().assign(
             **dict(zip(data.cells, cell_values, strict=True))))
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
@@ -219,21 +227,8 @@ def curve_bands(data: Union, settings: ReportSettings) -> pd.DataFrame:
 
 def machine_union(parts: Sequence[Part]) -> dict[str, list[str]]:
     """Every part's devices, CPUs and hosts (``not recorded`` for a part without them)."""
-    fields = ("device", "cpu", "host")
     return {f: sorted({v for p in parts for v in (p.machine.get(f) or ["not recorded"])})
-            for f in fields}
-
-
-def readme_line(readme: str, prefix: str) -> str:
-    """The rest of the first line of a part's README starting with ``prefix``."""
-    line = next((line for line in readme.splitlines() if line.startswith(prefix)), "")
-    return line[len(prefix):].strip() or "not recorded"
-
-
-def readme_command(readme: str) -> str:
-    """The command a part's README says made its results (its indented line)."""
-    line = next((line for line in readme.splitlines() if line.startswith("    ")), "")
-    return line.strip() or "not recorded"
+            for f in MACHINE_FIELDS}
 
 
 def part_rows(parts: Sequence[Part]) -> pd.DataFrame:
@@ -246,9 +241,9 @@ def part_rows(parts: Sequence[Part]) -> pd.DataFrame:
             "seeds": compact_ranges(seeds),
             "cells": str(len(part.per_seed.drop_duplicates(part.cells))),
             "seed runs": str(len(part.per_seed)),
-            "command": f"`{readme_command(part.readme)}`",
-            "git commits": readme_line(part.readme, "- git commits: "),
-            "CPUs": readme_line(part.readme, "- CPUs: "),
+            "command": f"`{provenance_command(part.readme)}`",
+            "git commits": provenance_field(part.readme, COMMITS_LINE),
+            "CPUs": provenance_field(part.readme, CPUS_LINE),
         })
     return pd.DataFrame(rows)
 
@@ -262,8 +257,7 @@ def provenance_text(name: str, destination: Path, parts: Sequence[Part], data: U
                     command: str, generated: str) -> str:
     """DEST's README: the union's totals first (the lines `analysis.findings` reads), then
     what made each part."""
-    commits = sorted({c for p in parts
-                      for c in re.findall(r"`([^`]+)`", readme_line(p.readme, "- git commits: "))})
+    commits = sorted({c for p in parts for c in provenance_commits(p.readme)})
     cpus = machine_union(parts)["cpu"]
     per_seed = data.per_seed
     lines = [
@@ -275,18 +269,16 @@ def provenance_text(name: str, destination: Path, parts: Sequence[Part], data: U
         "",
         f"- cells: {len(per_seed.drop_duplicates(data.cells))}; seeds: {len(per_seed)} "
         f"(diverged: {int(per_seed['diverged'].astype(bool).sum())})",
-        "- git commits: " + (", ".join(f"`{c}`" for c in commits) or "not recorded"),
-        "- CPUs: " + ", ".join(f"`{c}`" for c in cpus),
+        COMMITS_LINE + (", ".join(f"`{c}`" for c in commits) or "not recorded"),
+        CPUS_LINE + ", ".join(f"`{c}`" for c in cpus),
         "",
         "Parts (each folder's README names the command, commit and machine that made it):",
         "",
     ]
-    for part in parts:
-        seeds = compact_ranges(part.per_seed["seed"])
-        lines.append(f"- `{PARTS_DIRNAME}/{part.name}`: seeds {seeds}, {len(part.per_seed)} "
-                     f"seed runs; made by `{readme_command(part.readme)}`"
-                     f"; commits {readme_line(part.readme, '- git commits: ')}; CPUs "
-                     f"{readme_line(part.readme, '- CPUs: ')}")
+    for _, row in part_rows(parts).iterrows():
+        lines.append(f"- `{PARTS_DIRNAME}/{row['part']}`: seeds {row['seeds']}, "
+                     f"{row['seed runs']} seed runs; made by {row['command']}; commits "
+                     f"{row['git commits']}; CPUs {row['CPUs']}")
     lines += [
         "",
         "Files: `report.md` (claims, convergence from the parts' curves, significance and "
@@ -361,9 +353,7 @@ def write_combined(staging: Path, destination: Path, experiment: str, parts: Seq
     comparison_tables = build_tables(per_seed, cells, settings)
     for table in comparison_tables:
         write_table(table, staging)
-    judged = per_seed if data.lengths is None else per_seed.merge(
-        data.lengths[[*SEED_KEY, *LENGTH_METRICS]], on=SEED_KEY, how="left")
-    claims = judge_claims(experiment, judged, cells, settings)
+    claims = judge_claims(experiment, with_lengths(per_seed, data.lengths), cells, settings)
     figure_files = {
         "claims": png_only(write_claim_files(claims[0], staging, settings)),
         "lr": png_only(figures.write_lr_sensitivity_figures(summary, cells, staging, settings)),

@@ -17,6 +17,7 @@ From an experiment's data and its written report (``make report`` first), writes
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from collections.abc import Sequence
@@ -93,12 +94,38 @@ def write_evidence(experiment_dir: Path, destination: Path, command: str) -> lis
 MACHINE_FILE = "machine.json"
 
 
+MACHINE_FIELDS = ("device", "cpu", "host")
+
+
 def machine_record(dataset: Dataset) -> dict[str, list[str]]:
     """The devices, CPUs (model and torch kernel set; "not recorded" for files written before
     the CPU was) and hosts the results were made on."""
     runs = dataset.runs
     return {column: sorted({str(v) if v is not None else "not recorded" for v in runs[column]})
-            for column in ("device", "cpu", "host")}
+            for column in MACHINE_FIELDS}
+
+
+# Lines of the README that `provenance_text` writes, read back by `analysis.findings` and
+# `analysis.combine`.
+COMMITS_LINE, CPUS_LINE = "- git commits: ", "- CPUs: "
+
+
+def provenance_field(readme: str, prefix: str) -> str:
+    """The rest of the first README line starting with ``prefix`` (e.g. `COMMITS_LINE`),
+    ``"not recorded"`` when there is none."""
+    line = next((line for line in readme.splitlines() if line.startswith(prefix)), "")
+    return line[len(prefix):].strip() or "not recorded"
+
+
+def provenance_command(readme: str) -> str:
+    """The command the README says made the results (its first indented line)."""
+    line = next((line for line in readme.splitlines() if line.startswith("    ")), "")
+    return line.strip() or "not recorded"
+
+
+def provenance_commits(readme: str) -> list[str]:
+    """The git commits the README's `COMMITS_LINE` names (its backquoted values)."""
+    return re.findall(r"`([^`]+)`", provenance_field(readme, COMMITS_LINE))
 
 
 def provenance_text(dataset: Dataset, command: str) -> str:
@@ -118,9 +145,9 @@ def provenance_text(dataset: Dataset, command: str) -> str:
         "",
         f"- result files: {len(runs)}; cells: {len(cells)}; seeds: {len(per_seed)} "
         f"(diverged: {int(per_seed['diverged'].sum())})",
-        f"- git commits: {value_counts_text(runs['git_commit'])}",
+        f"{COMMITS_LINE}{value_counts_text(runs['git_commit'])}",
         f"- devices: {value_counts_text(runs['device'])}; hosts: {value_counts_text(runs['host'])}",
-        f"- CPUs: {value_counts_text(runs['cpu'].fillna('not recorded'))}",
+        f"{CPUS_LINE}{value_counts_text(runs['cpu'].fillna('not recorded'))}",
         f"- runs started {runs['started_at'].min()}, last finished {runs['finished_at'].max()}",
         "",
         "Files: `report.md` (the report's index, figures beside it), `claims.csv` (verdicts), "

@@ -19,6 +19,7 @@ import pandas as pd
 
 from analysis.cli import ArgumentParser
 from analysis.document import markdown_table
+from analysis.evidence import provenance_commits
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FINDINGS_DIR = REPO_ROOT / "findings"
@@ -38,13 +39,9 @@ def verdicts(findings_dir: Path = FINDINGS_DIR) -> pd.DataFrame:
 
 def evidence_commits(findings_dir: Path = FINDINGS_DIR) -> dict[str, str]:
     """Each evidence folder's git commits, as its README (`analysis.evidence`) lists them."""
-    commits = {}
-    for readme in sorted(Path(findings_dir).glob("*/README.md")):
-        line = next((line for line in readme.read_text().splitlines()
-                     if line.startswith("- git commits: ")), "")
-        commits[f"findings/{readme.parent.name}"] = ", ".join(
-            re.findall(r"`([^`]+)`", line)) or "not recorded"
-    return commits
+    return {f"findings/{readme.parent.name}":
+            ", ".join(provenance_commits(readme.read_text())) or "not recorded"
+            for readme in sorted(Path(findings_dir).glob("*/README.md"))}
 
 
 def suite_version(pyproject: Path = REPO_ROOT / "pyproject.toml") -> str:

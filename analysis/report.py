@@ -118,6 +118,15 @@ def judge_claims(
     return results, errors
 
 
+def with_lengths(per_seed: pd.DataFrame, lengths: pd.DataFrame | None) -> pd.DataFrame:
+    """The per-seed metrics with the token tasks' final response lengths (`LENGTH_METRICS`,
+    per run key and seed), which claims may judge too; unchanged without lengths."""
+    if lengths is None:
+        return per_seed
+    return per_seed.merge(lengths[["run_key", "seed", *LENGTH_METRICS]],
+                          on=["run_key", "seed"], how="left")
+
+
 def write_claim_files(
     results: Sequence[ClaimResult], report_dir: Path, settings: ReportSettings
 ) -> figures.FigureFiles:
@@ -155,12 +164,10 @@ def write_report_files(dataset: Dataset, settings: ReportSettings, report_dir: P
     summary.to_csv(report_dir / "summary.csv", index=False)
 
     responses = response_results(dataset.episodes, per_seed, cells, settings)
-    # Claims may judge the response lengths of token tasks too (null for other runs).
-    judged = per_seed if responses is None else per_seed.merge(
-        responses.per_seed[["run_key", "seed", *LENGTH_METRICS]], on=["run_key", "seed"],
-        how="left")
     claim_results, claim_errors = judge_claims(
-        Path(dataset.experiment_dir).resolve().name, judged, cells, settings)
+        Path(dataset.experiment_dir).resolve().name,
+        with_lengths(per_seed, None if responses is None else responses.per_seed),
+        cells, settings)
     figure_files["claims"] = write_claim_files(claim_results, report_dir, settings)
 
     length_tables = [] if responses is None else build_length_tables(responses, cells, settings)
